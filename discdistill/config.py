@@ -1,0 +1,158 @@
+"""Configuration: pydantic models validated once, at the edge.
+
+Every run is described by one of the ``*Config`` models below. They are built from (lowest to
+highest priority) defaults and presets, a TOML or JSON file, and ``key=value`` overrides from the
+command line (dotted keys reach nested models: ``model.hidden_size=256``). A bad value raises
+`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from discdistill.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a config file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """DiT backbone hyper-parameters (MDLM-compatible)."""
+
+    vocab_size: int = Field(gt=1, description="Vocabulary size including the mask id.")
+    mask_id: int = Field(ge=0, description="Id of the absorbing [MASK] token.")
+    seq_len: int = Field(gt=0, description="Longest sequence the model accepts.")
+    hidden_size: int = Field(128, gt=0)
+    n_blocks: int = Field(2, gt=0)
+    n_heads: int = Field(2, gt=0)
+    cond_dim: int = Field(64, gt=0, description="Width of the time-conditioning vector.")
+    mlp_ratio: int = Field(4, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
+        if (self.hidden_size // self.n_heads) % 2:
+            raise ValueError("head dimension (hidden_size / n_heads) must be even for rotary embeddings")
+        if self.mask_id >= self.vocab_size:
+            raise ValueError(f"mask_id ({self.mask_id}) must be < vocab_size ({self.vocab_size})")
+        return self
+
+
+#: Architecture presets. `small` is MDLM's OpenWebText model (about 169M parameters with V = 50258).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=128, n_blocks=2, n_heads=2, cond_dim=64, dropout=0.0),
+    "small": dict(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1),
+    "medium": dict(hidden_size=1024, n_blocks=24, n_heads=16, cond_dim=128, dropout=0.1),
+}
+
+
+def model_config_from_preset(preset: str, **fields: Any) -> ModelConfig:
+    """A `ModelConfig` from a named preset, with ``fields`` (vocab_size, mask_id, seq_len, ...) on top."""
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return build(ModelConfig, {**MODEL_PRESETS[preset], **fields})
+
+
+class ScheduleConfig(StrictModel):
+    """Log-linear noise schedule alpha_t = 1 - (1 - eps) t."""
+
+    eps: float = Field(1e-3, gt=0.0, lt=1.0)
+
+
+class SamplingConfig(StrictModel):
+    """How the fused sampling loop runs."""
+
+    steps: int = Field(128, gt=0, description="Denoiser passes (ancestral steps).")
+    num_samples: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0)
+    seq_len: int | None = Field(None, gt=0, description="Defaults to the model's seq_len.")
+    precision: Literal["float64", "float32"] = Field(
+        "float64", description="Categorical sampling precision; float32 truncates the tail (lower entropy)."
+    )
+    noise_removal: Literal["sample", "argmax"] = "sample"
+    cache: bool = Field(False, description="Reuse a row's logits when it did not change (many-step teachers).")
+    t_min: float = Field(1e-5, gt=0.0, lt=1.0, description="Last time of the grid linspace(1, t_min, N+1).")
+    seed: int = 0
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3). Values are parsed as JSON when they can be, else kept as strings."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from err
+    raise ConfigError(f"config file {path} must end in .toml or .json")
+
+
+def merge(base: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``base[k0][k1]... = value``, creating nested dicts on the way."""
+    node = base
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Recursively merge ``update`` into ``base`` (sections merge, values replace)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+def build(cls: type[C], data: dict[str, Any]) -> C:
+    """Validate ``data`` as ``cls``; a failure becomes a `ConfigError` naming each bad field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or cls.__name__}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid configuration ({problems})") from None
+
+
+def load_config(
+    cls: type[C], file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **base: Any
+) -> C:
+    """``cls`` from ``base`` values, then the file, then ``key=value`` overrides (highest priority)."""
+    data: dict[str, Any] = dict(base)
+    if file is not None:
+        deep_update(data, load_file(file))
+    for item in overrides:
+        keys, value = parse_override(item)
+        merge(data, keys, value)
+    return build(cls, data)

@@ -1,0 +1,132 @@
+"""The contracts between the core and the domains.
+
+The core never imports a plugin: it talks to a domain only through these classes.
+
+* A `Tokenizer` maps domain objects (a string, a protein) to token ids and back, and names its
+  special ids. ``vocab_size`` counts every id *including* the mask id.
+* A denoiser (`MaskedDiffusionTeacher`, and the `Student` distilled from it) is
+  ``logits = net(z, sigma)``: z is a LongTensor [B, L] of ids (or a float [B, L, V] of
+  probabilities, used by reward-guided sampling), sigma a float [B]; logits are raw [B, L, V]
+  scores over x_0. The SUBS processing (mask logit -inf, carry-over) is applied by
+  `discdistill.diffusion`, never inside the network.
+* A `Discriminator` is ``logits = disc(z, sigma)`` with one logit per position, [B, L].
+* A `Domain` is what a plugin provides: tokenizer, data, presets, how to write samples, metrics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Tokenizer(ABC):
+    """Maps domain objects to ids and back. ``vocab_size`` includes the mask id."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def mask_id(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int | None:
+        return None
+
+    @property
+    def eos_id(self) -> int | None:
+        return None
+
+    @property
+    def bos_id(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def encode(self, obj: Any) -> list[int]:
+        """Domain object -> ids (no special tokens added unless the domain's format needs them)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> Any:
+        """Ids -> domain object. Must invert `encode` exactly on valid input."""
+
+
+class MaskedDiffusionTeacher(nn.Module, ABC):
+    """A denoiser: raw x_0 logits [B, L, V] from a (partly) masked sequence z and noise level sigma."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def seq_len(self) -> int:
+        """The longest sequence the network accepts (rotary tables etc. are sized for it)."""
+
+    @property
+    @abstractmethod
+    def mask_id(self) -> int: ...
+
+    @abstractmethod
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+class Student(MaskedDiffusionTeacher):
+    """A few-step denoiser distilled from a teacher; keeps an exponential moving average of itself."""
+
+    @abstractmethod
+    def ema_model(self) -> MaskedDiffusionTeacher:
+        """The EMA copy, which is what sampling uses."""
+
+    @abstractmethod
+    def update_ema(self, decay: float) -> None:
+        """ema <- decay * ema + (1 - decay) * current."""
+
+
+class Discriminator(nn.Module, ABC):
+    """Density-ratio estimator: per-position logits [B, L] that z came from the data (not the student)."""
+
+    @abstractmethod
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+class Domain(ABC):
+    """What a plugin provides. Instantiated lazily by the plugin registry, so keep __init__ cheap."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: Sequence length used when the user gives none.
+    default_seq_len: ClassVar[int] = 128
+    #: Model preset used when the user gives none.
+    default_preset: ClassVar[str] = "tiny"
+    #: File suffix of `write_samples` output, e.g. ".txt" or ".fasta".
+    sample_suffix: ClassVar[str] = ".txt"
+
+    @abstractmethod
+    def tokenizer(self) -> Tokenizer: ...
+
+    @abstractmethod
+    def dataset(self, split: str, seq_len: int, source: str | None = None) -> torch.Tensor:
+        """Token blocks for ``split`` ("train" or "validation") as a LongTensor [N, seq_len].
+
+        ``source`` is None for the embedded offline default, a local path, or a domain-specific
+        identifier of the real corpus (e.g. "openwebtext"). Raise `DataError` for bad input.
+        """
+
+    def decode_samples(self, ids: torch.Tensor) -> list[Any]:
+        """[B, L] ids -> domain objects (e.g. cut at the first EOS)."""
+        tok = self.tokenizer()
+        return [tok.decode(row.tolist()) for row in ids]
+
+    @abstractmethod
+    def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
+        """Write decoded samples in the domain's format; return the path written."""
+
+    def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """Domain-specific quality metrics of sampled ids against reference ids. Optional."""
+        return {}
