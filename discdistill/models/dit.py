@@ -1,0 +1,83 @@
+"""The DiT denoiser: MDLM's diffusion transformer, without flash-attn.
+
+    logits = DiT(config)(z, sigma)          # z: ids [B, L] or probabilities [B, L, V]; sigma: [B]
+
+A bidirectional transformer whose blocks are conditioned on the noise level through adaptive layer
+norm (adaLN-Zero, Peebles & Xie 2023), with rotary positions and untied input / output embeddings.
+Its state-dict keys equal those of MDLM's published ``DIT`` (kuleshov-group/mdlm, models/dit.py, also
+used by DUO), so MDLM checkpoints load with ``strict=True`` after stripping their ``backbone.``
+prefix (see `discdistill.mdlm_import`). The network returns raw logits; the SUBS processing (mask
+logit -inf, carry-over of unmasked tokens) belongs to `discdistill.diffusion`.
+
+Precision: parameters are float32. Callers choose mixed precision with ``torch.autocast`` (MDLM trains
+and samples under bf16 autocast); the norms, rotary and embeddings stay float32 inside it (see
+`discdistill.models.layers`), and the logits come back in the autocast dtype, as in MDLM, to be
+upcast by `diffusion.subs_log_probs` before the softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from discdistill.config import ModelConfig
+from discdistill.errors import ModelMismatchError
+from discdistill.interfaces import MaskedDiffusionTeacher
+from discdistill.models.layers import DiTBlock, FinalLayer, TimestepEmbedder, TokenEmbedding, no_autocast
+from discdistill.models.rotary import Rotary
+
+
+class DiT(MaskedDiffusionTeacher):
+    """MDLM-compatible diffusion transformer; teacher, student and discriminator trunk share it."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden, cond = config.hidden_size, config.cond_dim
+        # Registration order matters: it is the parameter order of MDLM's EMA list.
+        self.vocab_embed = TokenEmbedding(hidden, config.vocab_size)
+        self.sigma_map = TimestepEmbedder(cond)
+        self.rotary_emb = Rotary(hidden // config.n_heads)
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden, config.n_heads, cond, mlp_ratio=config.mlp_ratio, dropout=config.dropout)
+            for _ in range(config.n_blocks)
+        )
+        self.output_layer = FinalLayer(hidden, config.vocab_size, cond)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    def features(self, z: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk: final hidden states h [B, L, hidden] (before the output layer) and the condition c [B, cond_dim].
+
+        A discriminator reuses this with its own per-position head in place of `output_layer`.
+        """
+        batch, length = z.shape[0], z.shape[1]
+        if length > self.config.seq_len:
+            raise ModelMismatchError(
+                f"sequence length {length} exceeds the model's seq_len {self.config.seq_len}; "
+                "sample or train with a length the model was built for"
+            )
+        x = self.vocab_embed(z)  # [B, L, hidden], float32
+        sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(batch)
+        with no_autocast(x):
+            c = F.silu(self.sigma_map(sigma.float()))  # [B, cond], float32 as in MDLM
+        cos, sin = self.rotary_emb(length, x.device)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        return x, c
+
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Raw x_0 logits [B, L, V] for z (ids [B, L] or probabilities [B, L, V]) at noise level sigma [B] or scalar."""
+        h, c = self.features(z, sigma)
+        return self.output_layer(h, c)
