@@ -85,6 +85,35 @@ class SamplingConfig(StrictModel):
     seed: int = 0
 
 
+class PretrainConfig(StrictModel):
+    """Teacher pre-training with the MDLM ELBO."""
+
+    model_preset: str = Field("tiny", description="Architecture preset: " + ", ".join(MODEL_PRESETS))
+    model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields on top of the preset.")
+    seq_len: int | None = Field(None, gt=0, description="Block length; defaults to the domain's.")
+    batch_size: int = Field(32, gt=0)
+    steps: int = Field(2000, gt=0, description="Optimiser steps.")
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    time_conditioned: bool = Field(False, description="Feed sigma_t to the denoiser (MDLM passes 0).")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    t_min: float = Field(1e-3, ge=0.0, lt=1.0, description="Training times are drawn from (t_min, 1].")
+    eval_every: int = Field(200, gt=0)
+    eval_batches: int = Field(8, gt=0)
+    save_every: int = Field(500, gt=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+
+    @model_validator(mode="after")
+    def _check_preset(self) -> PretrainConfig:
+        if self.model_preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown preset {self.model_preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return self
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

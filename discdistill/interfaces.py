@@ -123,6 +123,14 @@ class Domain(ABC):
         tok = self.tokenizer()
         return [tok.decode(row.tolist()) for row in ids]
 
+    def initial_state(self, num_samples: int, seq_len: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Start state [B, L] for sampling (masked positions = to generate), or None for all-mask.
+
+        E.g. a protein domain that draws lengths from the data pre-fills the positions past each
+        drawn length with EOS/PAD, so exactly that many residues are generated.
+        """
+        return None
+
     @abstractmethod
     def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
         """Write decoded samples in the domain's format; return the path written."""

@@ -32,7 +32,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Modules of the core that register like plugins (the synthetic domains used to test the method).
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = ("discdistill.builtin.markov",)
 
 
 class DomainHookSpecs:

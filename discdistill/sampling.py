@@ -14,9 +14,11 @@ Decisions (see docs/architecture.md):
   token from p(x_0 | z_t)", drawn as one Bernoulli plus one categorical. Same law as the full
   posterior over V + 1 outcomes, without materialising it.
 * float64 (default): inverse-CDF sampling with float64 cumulative sums and uniforms; exact to 2^-53.
-  float32: MDLM's exponential race ``argmax(p / E)`` with float32 noise, kept only to reproduce
-  published numbers; it cannot draw tokens whose probability is below about 6e-8 of the top one,
-  which lowers entropy.
+  float32: MDLM's joint exponential race ``argmax(q / E)`` over the full posterior q (stay-masked
+  outcome included) with float32 noise, kept only to reproduce published numbers. float32 noise
+  E = -log(u) is never below 2^-24, so an outcome whose probability is below about 6e-8 of the
+  likeliest one is (almost) never drawn. With many steps the likeliest outcome is "stay masked"
+  (probability 1 - 1/N), which pushes rare tokens into that zone and lowers entropy.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from typing import Literal, Protocol
 
 import torch
 
-from discdistill.diffusion import LogLinearSchedule, subs_log_probs
+from discdistill.diffusion import LogLinearSchedule, posterior_probs, subs_log_probs
 
 Precision = Literal["float64", "float32"]
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: Largest float64 scratch tensor (elements) built at once by inverse-CDF sampling (1 GiB).
-_CDF_CHUNK_ELEMENTS = 2**27
+#: Largest float64 scratch tensor (elements) built at once by inverse-CDF sampling (16 MiB: stays in
+#: cache; measured 1.6x faster on CPU than 1 GiB chunks).
+_CDF_CHUNK_ELEMENTS = 2**21
 
 
 def sample_categorical(probs: torch.Tensor, precision: Precision = "float64",
@@ -91,9 +94,12 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     masked = z == ctx.mask_id
     log_p = subs_log_probs(logits, z, ctx.mask_id)
     if ctx.noise_removal == "argmax" and ctx.index == ctx.num_steps - 1:
-        tokens = log_p.argmax(-1)
-    else:
-        tokens = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
+        return torch.where(masked, log_p.argmax(-1), z)  # alpha_s = 1: nothing stays masked
+    if ctx.precision == "float32":
+        # MDLM's joint draw over V tokens + "stay masked": reproduces its truncated tail exactly.
+        probs = posterior_probs(log_p, z, ctx.alpha_t.float(), ctx.alpha_s.float(), ctx.mask_id)
+        return torch.where(masked, sample_categorical(probs, "float32", ctx.generator), z)
+    tokens = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
     stay_prob = (1.0 - ctx.alpha_s) / (1.0 - ctx.alpha_t)
     stay = sample_bernoulli(stay_prob.expand(z.shape), ctx.precision, ctx.generator)
     return torch.where(masked & ~stay, tokens, z)

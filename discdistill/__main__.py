@@ -1,0 +1,3 @@
+from discdistill.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""The DiDi-Instruct discriminator: a copy of the teacher with a per-token head (method.md §2.3).
+
+    h, c = trunk.features(z, sigma)                     # teacher copy; all frozen but the last K blocks
+    logit_j = W2 SiLU(W1 h_j)                            # W1, W2 spectrally normalised; [B, L]
+
+It estimates log q_data(z_t) / q_nu(z_t) per position; it receives the real sigma_t (its trainable
+adaLN layers may use it) and accepts soft inputs [B, L, V] for RGAS's gradient tilting.
+
+Saved as ``DIR/discriminator.safetensors`` (full state dict: frozen trunk included, so a run directory
+is self-contained; spectral-norm parametrisations appear as ``head.*.parametrizations.weight.{original,0._u,0._v}``)
+and ``DIR/discriminator.json`` (trunk ModelConfig, K, file sizes). The trunk's vocabulary output layer,
+unused, is dropped from the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from discdistill.checkpoint import FORMAT_VERSION, atomic_directory
+from discdistill.config import ModelConfig, build
+from discdistill.errors import CheckpointError
+from discdistill.interfaces import Discriminator
+
+DISC_WEIGHTS = "discriminator.safetensors"
+DISC_CONFIG = "discriminator.json"
+#: Attribute names a DiT may use for its vocabulary output layer (removed from the discriminator's trunk).
+_OUTPUT_LAYER_NAMES = ("output_layer", "final_layer", "output", "head")
+
+
+class DiTDiscriminator(Discriminator):
+    """Per-position logits [B, L] that z_t came from the data rather than from the student."""
+
+    def __init__(self, teacher: nn.Module, trainable_blocks: int = 4) -> None:
+        super().__init__()
+        trunk = copy.deepcopy(teacher)
+        for name in _OUTPUT_LAYER_NAMES:  # the vocabulary projection is replaced by `head`
+            if isinstance(getattr(trunk, name, None), nn.Module):
+                setattr(trunk, name, nn.Identity())
+                break
+        trunk.requires_grad_(False)
+        blocks = trunk.blocks
+        self.trainable_blocks = min(trainable_blocks, len(blocks))
+        for block in list(blocks)[len(blocks) - self.trainable_blocks:]:
+            block.requires_grad_(True)
+        self.trunk = trunk
+        d = trunk.config.hidden_size
+        self.head = nn.Sequential(spectral_norm(nn.Linear(d, d)), nn.SiLU(), spectral_norm(nn.Linear(d, 1)))
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.trunk.config
+
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """z: ids [B, L] or probabilities [B, L, V]; sigma [B] -> logits [B, L] (float32)."""
+        h, _ = self.trunk.features(z, sigma)
+        return self.head(h).squeeze(-1).float()
+
+
+def save_discriminator(disc: DiTDiscriminator, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``directory`` atomically: safetensors weights + JSON config."""
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in disc.state_dict().items()}
+        save_file(state, str(tmp / DISC_WEIGHTS))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model_class": type(disc).__name__,
+            "trunk_class": type(disc.trunk).__name__,
+            "model": disc.config.model_dump(),
+            "trainable_blocks": disc.trainable_blocks,
+            "extra": extra or {},
+            "files": {DISC_WEIGHTS: (tmp / DISC_WEIGHTS).stat().st_size},
+        }
+        (tmp / DISC_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_discriminator(directory: str | Path, map_location: str | torch.device = "cpu") -> DiTDiscriminator:
+    """Rebuild the discriminator written by `save_discriminator` (strict weight match)."""
+    from discdistill.models import DiT  # local import: models may import distill helpers later
+
+    directory = Path(directory)
+    config_path = directory / DISC_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} holds no discriminator ({DISC_CONFIG} not found); "
+                              "give a distillation run directory or its discriminator/ folder")
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is corrupt ({err})") from err
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{config_path} has format version {meta.get('format_version')!r}; "
+                              f"this discdistill reads up to {FORMAT_VERSION}")
+    for name, size in meta.get("files", {}).items():
+        file = directory / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise CheckpointError(f"discriminator checkpoint {directory} is incomplete or truncated ({name})")
+    disc = DiTDiscriminator(DiT(build(ModelConfig, meta["model"])), trainable_blocks=meta["trainable_blocks"])
+    try:
+        state = load_file(str(directory / DISC_WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise CheckpointError(f"{directory / DISC_WEIGHTS} is corrupt ({err})") from err
+    try:
+        disc.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{directory}: discriminator weights do not match its config ({err})") from err
+    return disc.to(map_location)

@@ -1,0 +1,129 @@
+"""DiDi-Instruct losses and reward shaping: pure functions on tensors (method.md §2.3-§2.5).
+
+Conventions: ``masked`` is a bool [B, L] marking the positions a term averages over; averages are
+token-level (sum over every selected position of the batch / their count), and a term with no
+selected position is 0. Log-probabilities are SUBS-processed (mask column -inf) [B, L, V].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from discdistill.diffusion import LogLinearSchedule
+
+#: Log-probabilities are clamped to this floor before p log p products, so 0 * (-inf) never makes NaN.
+_LOG_FLOOR = -1e4
+
+
+def omega(tau: torch.Tensor, mode: Literal["simplified", "constant"] = "simplified",
+          clamp: tuple[float, float] = (0.1, 10.0), schedule: LogLinearSchedule = LogLinearSchedule()) -> torch.Tensor:
+    """omega(t) = clamp(-alpha'_t / (1 - alpha_t), lo, hi) = clamp(1/t, lo, hi) ('simplified'), or 1 ('constant')."""
+    if mode == "constant":
+        return torch.ones_like(tau)
+    if mode != "simplified":
+        raise ValueError(f"unknown omega mode {mode!r}")
+    return schedule.loss_weight(tau).clamp(clamp[0], clamp[1])
+
+
+def beta_density(tau: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """Beta(a, b) pdf at tau: tau^(a-1) (1-tau)^(b-1) / B(a, b)."""
+    log_norm = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return torch.exp((a - 1.0) * torch.log(tau) + (b - 1.0) * torch.log1p(-tau) - log_norm)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, clip: float = 3.0, eps: float = 1e-8) -> torch.Tensor:
+    """A_i = clamp((r_i - mean_g(r)) / (std_g(r) + eps), -clip, clip) over contiguous groups of ``group_size``.
+
+    std is the unbiased (n - 1) sample standard deviation, as ``torch.std``; a group of one gets A = 0.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.reshape(-1, group_size)
+    mean = groups.mean(-1, keepdim=True)
+    std = groups.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+    return ((groups - mean) / (std + eps)).clamp(-clip, clip).reshape(rewards.shape)
+
+
+def advantages(rewards: torch.Tensor, mode: Literal["group", "batch", "none"], group_size: int,
+               clip: float = 3.0) -> torch.Tensor:
+    """'group': `group_advantages`; 'batch': one group of the whole batch; 'none': A = r."""
+    if mode == "group":
+        return group_advantages(rewards, group_size, clip)
+    if mode == "batch":
+        return group_advantages(rewards, rewards.numel(), clip)
+    if mode == "none":
+        return rewards
+    raise ValueError(f"unknown advantage normalisation {mode!r}")
+
+
+def _masked_mean(values: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """sum_{masked} values / max(1, #masked)."""
+    weight = masked.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor, mask_real: torch.Tensor,
+                       mask_fake: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """( mean_{masked} BCE(l_real, 1 - s) + mean_{masked} BCE(l_fake, s) ) / 2, per-token logits [B, L]."""
+    real = F.binary_cross_entropy_with_logits(
+        logits_real.float(), torch.full_like(logits_real, 1.0 - smoothing, dtype=torch.float32), reduction="none")
+    fake = F.binary_cross_entropy_with_logits(
+        logits_fake.float(), torch.full_like(logits_fake, smoothing, dtype=torch.float32), reduction="none")
+    return 0.5 * (_masked_mean(real, mask_real) + _masked_mean(fake, mask_fake))
+
+
+def discriminator_accuracy(logits_real: torch.Tensor, logits_fake: torch.Tensor, mask_real: torch.Tensor,
+                           mask_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fraction of masked positions classified right: (P[l_real > 0], P[l_fake < 0])."""
+    return _masked_mean((logits_real > 0).float(), mask_real), _masked_mean((logits_fake < 0).float(), mask_fake)
+
+
+def token_log_odds_reward(disc_logits: torch.Tensor, masked: torch.Tensor, clamp: float = 8.0) -> torch.Tensor:
+    """r_i = mean_{j masked in row i} clamp(logit_ij, -c, c) in float32 (0 for a row with no masked position) [B]."""
+    weight = masked.float()
+    return (disc_logits.float().clamp(-clamp, clamp) * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+
+
+@dataclass
+class KLTerms:
+    forward: torch.Tensor  # KL(teacher || student), token mean over masked positions
+    reverse: torch.Tensor  # KL(student || teacher)
+    value: torch.Tensor  # the selected divergence (what the loss uses)
+
+
+def kl_terms(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, masked: torch.Tensor,
+             kind: Literal["forward", "reverse", "jeffrey"] = "forward", beta: float = 0.5) -> KLTerms:
+    """forward = sum_v p_T (log p_T - log p_S), reverse = sum_v p_S (log p_S - log p_T), Jeffrey = (1-b) fwd + b rev.
+
+    Both inputs are SUBS log-probabilities [B, L, V]; each divergence is averaged over masked positions.
+    The teacher side is treated as a constant (detached).
+    """
+    log_s = student_log_probs.float().clamp_min(_LOG_FLOOR)
+    log_t = teacher_log_probs.detach().float().clamp_min(_LOG_FLOOR)
+    forward = _masked_mean((log_t.exp() * (log_t - log_s)).sum(-1), masked)
+    reverse = _masked_mean((log_s.exp() * (log_s - log_t)).sum(-1), masked)
+    if kind == "forward":
+        value = forward
+    elif kind == "reverse":
+        value = reverse
+    elif kind == "jeffrey":
+        value = (1.0 - beta) * forward + beta * reverse
+    else:
+        raise ValueError(f"unknown KL kind {kind!r}")
+    return KLTerms(forward, reverse, value)
+
+
+def masked_entropy(log_probs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """H = mean_{masked} -sum_v p_v log p_v of the x_0 distributions [B, L, V]."""
+    log_p = log_probs.float().clamp_min(_LOG_FLOOR)
+    return _masked_mean(-(log_p.exp() * log_p).sum(-1), masked)
+
+
+def student_policy_loss(omega_weights: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
+    """L_pg = -mean_i[ omega_i A_i log p_nu(x_i) ], omega and A detached (score-function estimator)."""
+    return -(omega_weights.detach() * advantages.detach() * log_prob).mean()

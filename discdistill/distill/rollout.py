@@ -1,0 +1,131 @@
+"""The student's training rollout: two ancestral steps through an intermediate state (method.md §2.2).
+
+    step 1: z_1 = all-mask  --(t = 1 -> tau)-->  z_tau     lp1 = sum_{j unmasked by step 1} log p_nu(x_j | z_1)
+    step 2: z_tau           --(t = tau -> 0)-->  x_fake    lp2 = sum_{j unmasked by step 2} log p_nu(x_j | z_tau)
+    log p_nu(x_fake) ~ lp1 + lp2
+
+Decisions:
+* One forward pass *with* gradients per step; tokens are sampled from its detached output and the
+  same output gives the step's log-prob (the reference code runs a second forward for the log-prob).
+* Step 2 ends at alpha_s = 1 (the sampler's fused noise removal, `discdistill.sampling`): every
+  position still masked at z_tau is filled from p_nu(x_0 | z_tau), and lp2 covers them all. The
+  reference code steps to t = 1e-3 and then removes the remaining noise; in law that is the same
+  draw (a token drawn from the same p(x_0 | z_tau) whether it is unmasked at 1e-3 or at 0), and
+  fusing it gives every position a log-prob and a gradient.
+* ``two_step=False`` (the ablation without decomposition): one step 1 -> 0 from the all-mask state,
+  which draws every position independently from p_nu(x_0 | all-mask); there is no z_tau.
+* Positions that stay masked contribute log P(stay) (a constant of nu) and are left out of lp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from discdistill.diffusion import LogLinearSchedule, subs_log_probs
+from discdistill.sampling import Precision, sample_bernoulli, sample_categorical
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RolloutStep:
+    state: torch.Tensor  # [N, L] ids the step started from
+    masked: torch.Tensor  # [N, L] bool: positions masked in `state` (where KL and entropy are averaged)
+    log_probs: torch.Tensor  # [N, L, V] SUBS log p_nu(x_0 | state), with gradients
+    unmasked: torch.Tensor  # [N, L] bool: positions the step unmasked
+    log_prob: torch.Tensor  # [N] sum over `unmasked` of log p_nu(chosen token | state), with gradients
+    next_state: torch.Tensor  # [N, L] ids after the step
+
+
+@dataclass
+class Rollout:
+    x_fake: torch.Tensor  # [N, L] clean student samples (detached ids)
+    tau: torch.Tensor  # [N] the intermediate times
+    steps: list[RolloutStep]  # one (two_step=False) or two entries
+
+    @property
+    def z_tau(self) -> torch.Tensor | None:
+        return self.steps[0].next_state if len(self.steps) == 2 else None
+
+    @property
+    def lp1(self) -> torch.Tensor:
+        return self.steps[0].log_prob
+
+    @property
+    def lp2(self) -> torch.Tensor | None:
+        return self.steps[1].log_prob if len(self.steps) == 2 else None
+
+    @property
+    def log_prob(self) -> torch.Tensor:
+        """log p_nu(x_fake) ~ lp1 + lp2 [N]."""
+        return sum(step.log_prob for step in self.steps)  # type: ignore[return-value]
+
+
+def _as_rows(value: torch.Tensor | float, n: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.float64, device=device).reshape(-1).expand(n)
+
+
+def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float, alpha_s: torch.Tensor | float,
+                 sigma: torch.Tensor, mask_id: int, precision: Precision = "float64",
+                 generator: torch.Generator | None = None) -> RolloutStep:
+    """One ancestral step t -> s with a differentiable log-prob of the positions it unmasks.
+
+    P(position unmasked) = (alpha_s - alpha_t) / (1 - alpha_t), then x ~ p_nu(x_0 | z); ``alpha_*`` per row [N].
+    """
+    n = z.shape[0]
+    alpha_t = _as_rows(alpha_t, n, z.device)
+    alpha_s = _as_rows(alpha_s, n, z.device)
+    log_probs = subs_log_probs(model(z, sigma), z, mask_id)  # float32, with grad
+    masked = z == mask_id
+    with torch.no_grad():
+        tokens = sample_categorical(log_probs.detach().exp(), precision, generator)
+        unmask_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t)).reshape(n, 1).expand(z.shape)
+        unmasked = masked & sample_bernoulli(unmask_prob, precision, generator)
+        next_state = torch.where(unmasked, tokens, z)
+    chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    log_prob = torch.where(unmasked, chosen, torch.zeros_like(chosen)).sum(-1)
+    return RolloutStep(state=z, masked=masked, log_probs=log_probs, unmasked=unmasked, log_prob=log_prob,
+                       next_state=next_state)
+
+
+def sample_tau(n: int, a: float, b: float, low: float, high: float, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """tau ~ Beta(a, b) clamped to [low, high], [n] float32 (drawn on the CPU generator for reproducibility)."""
+    if a == 1.0 and b == 1.0:
+        u = torch.rand(n, dtype=torch.float64, generator=generator, device=generator.device if generator else "cpu")
+    else:  # Beta via two Gammas with the generator (torch.distributions.Beta takes no generator)
+        shape_a = torch.full((n,), float(a), dtype=torch.float64, device=generator.device if generator else "cpu")
+        shape_b = torch.full((n,), float(b), dtype=torch.float64, device=shape_a.device)
+        ga = torch._standard_gamma(shape_a, generator=generator)
+        gb = torch._standard_gamma(shape_b, generator=generator)
+        u = ga / (ga + gb)
+    return u.clamp(low, high).float().to(device)
+
+
+def student_rollout(model: Denoise, tau: torch.Tensor, *, seq_len: int, mask_id: int,
+                    schedule: LogLinearSchedule = LogLinearSchedule(), two_step: bool = True,
+                    time_conditioned: bool = False, precision: Precision = "float64",
+                    generator: torch.Generator | None = None) -> Rollout:
+    """Roll ``tau.numel()`` samples out of ``model`` from the all-mask state (see the module docstring).
+
+    Every random draw uses ``generator``; pass one on ``tau``'s device.
+    """
+    n, device = tau.shape[0], tau.device
+    tau64 = tau.double()
+    z1 = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
+    alpha_1 = schedule.alpha(torch.ones(n, dtype=torch.float64, device=device))
+    one = torch.ones(n, dtype=torch.float64, device=device)
+
+    def sigma_at(t: torch.Tensor) -> torch.Tensor:
+        return schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
+
+    if not two_step:
+        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator)
+        return Rollout(x_fake=step.next_state, tau=tau, steps=[step])
+    alpha_tau = schedule.alpha(tau64)
+    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator)
+    second = rollout_step(model, first.next_state, alpha_tau, one, sigma_at(tau64), mask_id, precision, generator)
+    return Rollout(x_fake=second.next_state, tau=tau, steps=[first, second])

@@ -1,0 +1,331 @@
+"""The DiDi-Instruct training loop (method.md §2), with exact resume.
+
+One iteration, for ``batch_rows`` data rows and G student samples per row (N = rows * G):
+
+    1. rollout:        x_fake, lp1 + lp2 = student 1 -> tau -> 0 from all-mask          (rollout.py)
+    2. corruption:     z_real, z_fake ~ q(. | x) at t = tau (coupled) or an independent t
+    3. discriminator:  one AdamW step on the smoothed per-token BCE                       (losses.py)
+    4. rewards:        r_i = mean_{masked} clamp(logit, -8, 8) after the step, no grad, float32
+    5. advantages:     A = group-normalised r (groups of G, clip 3)
+    6. student loss:   -mean(omega(t) A (lp1 + lp2)) + kl_w sum_states KL - ent_w H; one AdamW step
+    7. EMA update of the student (the EMA is what sampling uses)
+
+Output directory::
+
+    OUT/student/          save_pretrained of the EMA student (what `sample` reads); extra: teacher, config
+    OUT/discriminator/    the discriminator (safetensors + JSON), for RGAS
+    OUT/state/            training state for --resume: raw student, EMA, discriminator, both AdamW and
+                          schedules, iteration, the noise generator and torch RNG
+    OUT/metrics.jsonl     one JSON line per iteration, flushed
+
+Determinism: data order is a pure function of (seed, iteration) (`discdistill.data.EpochBatches`);
+every rollout / corruption draw comes from one generator whose state is checkpointed; so a resumed
+CPU run ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from discdistill.checkpoint import load_pretrained, load_training_state, save_pretrained, save_training_state
+from discdistill.data import EpochBatches
+from discdistill.diffusion import LogLinearSchedule, corrupt, subs_log_probs
+from discdistill.distill.config import DistillConfig
+from discdistill.distill.discriminator import DiTDiscriminator, save_discriminator
+from discdistill.distill.losses import (
+    advantages,
+    beta_density,
+    discriminator_accuracy,
+    discriminator_loss,
+    kl_terms,
+    masked_entropy,
+    omega,
+    student_policy_loss,
+    token_log_odds_reward,
+)
+from discdistill.distill.rollout import Rollout, sample_tau, student_rollout
+from discdistill.errors import CheckpointError, ConfigError, DataError, ModelMismatchError
+from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
+from discdistill.sampling import sample
+from discdistill.training import MetricsLog, StopRequest, TrainingInterrupted, resolve_device
+
+STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
+#: Config fields that may change between a run and its resume (they do not affect the numbers).
+_RESUMABLE_CHANGES = {"log_every", "save_every", "device"}
+
+
+def _generator_state(generator: torch.Generator) -> str:
+    return base64.b64encode(generator.get_state().numpy().tobytes()).decode()
+
+
+def _set_generator_state(generator: torch.Generator, state: str) -> None:
+    generator.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
+
+
+class DistillTrainer:
+    """Holds the student (+ EMA), the frozen teacher, the discriminator, their optimisers, and the loop."""
+
+    def __init__(self, config: DistillConfig, teacher: nn.Module, train_data: torch.Tensor | None,
+                 out_dir: str | Path, *, teacher_path: str | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.teacher_path = teacher_path
+        self.device = resolve_device(config.device)
+        self.autocast_bf16 = config.bf16 and self.device.type == "cuda"
+        self.schedule = LogLinearSchedule(config.schedule.eps)
+        torch.manual_seed(config.seed)  # spectral-norm vectors and anything else drawn at construction
+
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.mask_id = int(teacher.mask_id)
+        self.seq_len, self.train_data = self._check_data(train_data)
+        self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.disc = DiTDiscriminator(self.teacher, config.disc_blocks).to(self.device).train()
+
+        self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)
+        self.opt_disc = make_adamw(self.disc.parameters(), config.disc_lr, config.betas, config.weight_decay)
+        self.sched_student = warmup_linear_decay(self.opt_student, config.warmup_steps, config.iterations)
+        self.sched_disc = warmup_linear_decay(self.opt_disc, config.warmup_steps, config.iterations)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.batches = (EpochBatches(len(self.train_data), config.batch_rows, config.seed)
+                        if self.train_data is not None else None)
+        self.iteration = 0
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_data(self, data: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
+        if data is None:
+            if self.config.positives == "data":
+                raise DataError("distillation with positives='data' needs training data")
+            return int(self.teacher.seq_len), None
+        if data.dim() != 2 or len(data) == 0:
+            raise DataError("the training set is empty: no full block of tokens could be built from the input")
+        if data.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise DataError(f"training data must hold integer ids, got {data.dtype}")
+        if data.shape[1] > self.teacher.seq_len:
+            raise ModelMismatchError(f"data blocks have {data.shape[1]} tokens but the teacher accepts at most "
+                                     f"{self.teacher.seq_len}; use a shorter --seq-len")
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= self.teacher.vocab_size:
+            raise ModelMismatchError(f"data ids span [{low}, {high}] but the teacher's vocabulary has "
+                                     f"{self.teacher.vocab_size} ids; was it trained on this domain?")
+        if bool((data == self.mask_id).any()):
+            raise DataError(f"the training data contains the mask id {self.mask_id}")
+        return int(data.shape[1]), data.long()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Denoiser sigma: sigma_t for time-conditioned models, else 0 (MDLM)."""
+        return self.schedule.sigma(t.double()).float() if self.config.time_conditioned else torch.zeros_like(t).float()
+
+    def _tau(self, n: int) -> torch.Tensor:
+        c = self.config
+        return sample_tau(n, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, self.generator, self.device)
+
+    # ------------------------------------------------------------------ one iteration
+    def _real_rows(self) -> torch.Tensor:
+        c = self.config
+        if c.positives == "teacher":
+            return sample(self.teacher, num_samples=c.batch_rows, seq_len=self.seq_len, steps=c.teacher_sample_steps,
+                          mask_id=self.mask_id, schedule=self.schedule, precision=c.precision,
+                          time_conditioned=c.time_conditioned, generator=self.generator, device=self.device).ids
+        assert self.batches is not None and self.train_data is not None
+        return self.train_data[self.batches.indices(self.iteration)].to(self.device)
+
+    def step(self) -> dict[str, Any]:
+        """Run one iteration (rollout, discriminator step, student step, EMA); return its metrics."""
+        c = self.config
+        tic = time.perf_counter()
+        n = c.samples_per_iteration
+        x_real = self._real_rows().repeat_interleave(c.group_size, 0)  # groups stay contiguous
+        tau = self._tau(n)
+
+        # 1. rollout (with gradients into the student)
+        self.student.train()
+        with self._autocast():
+            rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
+                                      schedule=self.schedule, two_step=c.two_step,
+                                      time_conditioned=c.time_conditioned, precision=c.precision,
+                                      generator=self.generator)
+        x_fake = rollout.x_fake
+
+        # 2. corruption at t (coupled: the rollout's tau)
+        t = tau if c.coupled_tau else self._tau(n)
+        alpha = self.schedule.alpha(t.double())
+        z_real = corrupt(x_real, alpha, self.mask_id, self.generator)
+        z_fake = corrupt(x_fake, alpha, self.mask_id, self.generator)
+        mask_real, mask_fake = z_real == self.mask_id, z_fake == self.mask_id
+        sigma_t = self.schedule.sigma(t.double()).float()  # the discriminator gets the real sigma
+
+        # 3. discriminator step
+        self.disc.train()
+        with self._autocast():
+            logits = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma_t, sigma_t]))
+        logits_real, logits_fake = logits[:n], logits[n:]
+        loss_disc = discriminator_loss(logits_real, logits_fake, mask_real, mask_fake, c.label_smoothing)
+        acc_real, acc_fake = discriminator_accuracy(logits_real.detach(), logits_fake.detach(), mask_real, mask_fake)
+        self.opt_disc.zero_grad(set_to_none=True)
+        loss_disc.backward()
+        grads_disc = clip_grad_norm_finite_(self.disc.parameters(), c.disc_grad_clip)
+        self.opt_disc.step()
+        self.sched_disc.step()
+
+        # 4-5. rewards after the step (no grad, float32), advantages
+        self.disc.eval()
+        with torch.no_grad():
+            rewards = token_log_odds_reward(self.disc(z_fake, sigma_t), mask_fake, c.reward_clamp)
+        adv = advantages(rewards, c.advantage_norm, c.group_size, c.advantage_clip)
+        weights = omega(t, c.omega, c.omega_clamp, self.schedule)
+        if c.importance_weight:
+            weights = weights / beta_density(t.double(), c.tau_alpha, c.tau_beta).float()
+
+        # 6. student loss and step
+        loss_pg = student_policy_loss(weights, adv, rollout.log_prob)
+        loss_kl, kl_fwd, kl_rev, entropy = self._regularisers(rollout)
+        loss = loss_pg + c.kl_weight * loss_kl - c.entropy_weight * entropy
+        self.opt_student.zero_grad(set_to_none=True)
+        loss.backward()
+        grads_student = clip_grad_norm_finite_(self.student.parameters(), c.student_grad_clip)
+        self.opt_student.step()
+        self.sched_student.step()
+
+        # 7. EMA
+        ema_update_(self.ema, self.student, c.ema_decay)
+        self.iteration += 1
+        return {
+            "step": self.iteration,
+            "loss_student": float(loss.detach()), "loss_pg": float(loss_pg.detach()), "loss_disc": float(loss_disc.detach()),
+            "acc_real": float(acc_real), "acc_fake": float(acc_fake),
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if n > 1 else 0.0,
+            "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if n > 1 else 0.0,
+            "adv_min": float(adv.min()), "adv_max": float(adv.max()),
+            "kl": float(loss_kl), "kl_forward": float(kl_fwd), "kl_reverse": float(kl_rev),
+            "entropy": float(entropy), "log_prob_mean": float(rollout.log_prob.detach().mean()),
+            "omega_mean": float(weights.mean()),
+            "grad_norm_student": grads_student.norm, "grad_norm_disc": grads_disc.norm,
+            "nonfinite_grad_student": grads_student.nonfinite, "nonfinite_grad_disc": grads_disc.nonfinite,
+            "lr_student": self.sched_student.get_last_lr()[0], "lr_disc": self.sched_disc.get_last_lr()[0],
+            "seconds": time.perf_counter() - tic,
+        }
+
+    def _regularisers(self, rollout: Rollout) -> tuple[torch.Tensor, ...]:
+        """(sum over states of the KL, forward KL sum, reverse KL sum, mean entropy over states).
+
+        The teacher runs (no grad) only when the KL term is on; the entropy is cheap and always logged.
+        """
+        c = self.config
+        zero = torch.zeros((), device=self.device)
+        kl, fwd, rev, entropies = zero, zero, zero, []
+        for step in rollout.steps:
+            entropies.append(masked_entropy(step.log_probs, step.masked))
+            if c.kl_weight > 0:
+                n = step.state.shape[0]
+                sigma = (self._sigma(torch.ones(n, device=self.device)) if step is rollout.steps[0]
+                         else self._sigma(rollout.tau))
+                with torch.no_grad(), self._autocast():
+                    teacher_lp = subs_log_probs(self.teacher(step.state, sigma), step.state, self.mask_id)
+                terms = kl_terms(step.log_probs, teacher_lp, step.masked, c.kl, c.jeffrey_beta)
+                kl, fwd, rev = kl + terms.value, fwd + terms.forward.detach(), rev + terms.reverse.detach()
+        return kl, fwd, rev, torch.stack(entropies).mean()
+
+    # ------------------------------------------------------------------ persistence
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "ema": self.ema, "discriminator": self.disc}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"student": self.opt_student, "discriminator": self.opt_disc}
+
+    def _schedulers(self) -> dict[str, Any]:
+        return {"student": self.sched_student, "discriminator": self.sched_disc}
+
+    def save(self) -> Path:
+        """Write student (EMA), discriminator and training state; return the student directory."""
+        config = self.config.model_dump(mode="json")
+        extra = {"teacher": self.teacher_path, "distill_config": config, "iteration": self.iteration,
+                 "weights": "ema", "ema_decay": self.config.ema_decay}
+        save_discriminator(self.disc, self.out_dir / DISC_DIR, extra={"teacher": self.teacher_path,
+                                                                     "iteration": self.iteration})
+        save_training_state(self.out_dir / STATE_DIR, modules=self._modules(), optimizers=self._optimizers(),
+                            schedulers=self._schedulers(),
+                            meta={"iteration": self.iteration, "config": config, "teacher": self.teacher_path,
+                                  "generator": _generator_state(self.generator)})
+        return save_pretrained(self.ema, self.out_dir / STUDENT_DIR, extra=extra)
+
+    def load(self) -> None:
+        """Restore the state saved in OUT/state (the run must have the same configuration)."""
+        state_dir = self.out_dir / STATE_DIR
+        if not state_dir.exists():
+            raise CheckpointError(f"--resume: no training state in {state_dir}; start without --resume")
+        meta = load_training_state(state_dir, modules=self._modules(), optimizers=self._optimizers(),
+                                   schedulers=self._schedulers())
+        saved, now = meta["config"], self.config.model_dump(mode="json")
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError(f"--resume: {self.out_dir} was distilled with different settings ({', '.join(changed)}); "
+                              "use the same options or a new output directory")
+        _set_generator_state(self.generator, meta["generator"])
+        self.iteration = int(meta["iteration"])
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, until: int | None = None) -> Path:
+        """Train to ``until`` (default: config.iterations), checkpointing on the way; return OUT/student."""
+        c = self.config
+        until = c.iterations if until is None else min(until, c.iterations)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.out_dir / METRICS_FILE, start_step=self.iteration)
+        bar = tqdm(range(self.iteration, until), initial=self.iteration, total=c.iterations, desc="distill",
+                   disable=not self.progress)
+        try:
+            with StopRequest() as stop:
+                for _ in bar:
+                    record = self.step()
+                    log.write(record)
+                    if self.iteration % c.log_every == 0:
+                        bar.set_postfix(d_loss=f"{record['loss_disc']:.3f}", acc=f"{record['acc_real']:.2f}/"
+                                        f"{record['acc_fake']:.2f}", r=f"{record['reward_mean']:.2f}",
+                                        H=f"{record['entropy']:.2f}")
+                    if stop.requested:
+                        self.save()
+                        raise TrainingInterrupted(f"interrupted at iteration {self.iteration}: state saved in "
+                                                  f"{self.out_dir / STATE_DIR}; continue with --resume")
+                    if self.iteration % c.save_every == 0 and self.iteration < until:
+                        self.save()
+        finally:
+            log.close()
+            bar.close()
+        return self.save()
+
+
+def distill(config: DistillConfig, teacher_dir_or_model: str | Path | nn.Module, train_data: torch.Tensor | None,
+            out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Distil a teacher into a few-step student with DiDi-Instruct; return OUT/student (the EMA student).
+
+    ``teacher_dir_or_model``: a `save_pretrained` directory or a DiT; ``train_data``: LongTensor [N, L] of
+    ids (may be None when ``config.positives == "teacher"``). ``resume`` continues the run in ``out_dir``
+    exactly (same data order and noise); without it, ``out_dir`` must not already hold a run.
+    """
+    out_dir = Path(out_dir)
+    if isinstance(teacher_dir_or_model, nn.Module):
+        teacher, teacher_path = teacher_dir_or_model, None
+    else:
+        teacher, teacher_path = load_pretrained(teacher_dir_or_model), str(teacher_dir_or_model)
+    if not resume and (out_dir / STATE_DIR).exists():
+        raise ConfigError(f"{out_dir} already holds a distillation run; pass --resume to continue it "
+                          "or choose a new output directory")
+    trainer = DistillTrainer(config, teacher, train_data, out_dir, teacher_path=teacher_path, progress=progress)
+    if resume:
+        trainer.load()
+    return trainer.run()

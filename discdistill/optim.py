@@ -1,0 +1,60 @@
+"""Optimiser pieces shared by teacher pre-training and distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def make_adamw(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+               weight_decay: float = 0.0) -> AdamW:
+    return AdamW([p for p in params if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                        final_fraction: float = 0.0) -> LambdaLR:
+    """lr factor: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> ``final_fraction`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / remaining)
+        return 1.0 - (1.0 - final_fraction) * progress
+
+    return LambdaLR(optimizer, factor)
+
+
+@dataclass(frozen=True)
+class GradReport:
+    norm: float  # global L2 norm before clipping (non-finite entries counted as zero)
+    nonfinite: bool  # some gradient entry was NaN or inf (and was zeroed)
+
+
+def clip_grad_norm_finite_(params: Iterable[nn.Parameter], max_norm: float) -> GradReport:
+    """Zero non-finite gradient entries, then clip the global norm to ``max_norm``.
+
+    One host sync per call (the report), which is fine once per optimiser step.
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return GradReport(0.0, False)
+    nonfinite = torch.stack([(~torch.isfinite(p.grad)).any() for p in with_grad]).any()
+    for p in with_grad:
+        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+    return GradReport(float(norm), bool(nonfinite))
+
+
+@torch.no_grad()
+def ema_update_(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for ema_p, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p.detach(), 1.0 - decay)
+    for ema_b, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        ema_b.copy_(b)

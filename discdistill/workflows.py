@@ -1,0 +1,118 @@
+"""The library calls behind each CLI command: domain + validated config in, files and numbers out.
+
+Kept separate from `cli` so that notebooks and tests can run the same workflows without click.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discdistill.checkpoint import load_pretrained, read_pretrained_config
+from discdistill.config import PretrainConfig, SamplingConfig
+from discdistill.diffusion import LogLinearSchedule
+from discdistill.errors import CheckpointError, ModelMismatchError
+from discdistill.interfaces import Domain, MaskedDiffusionTeacher
+from discdistill.sampling import StepRule, ancestral_step, sample
+from discdistill.training import MODEL_DIR, pretrain, resolve_device
+
+
+def pretrain_domain(domain: Domain, config: PretrainConfig, out_dir: Path, *, source: str | None = None,
+                    resume: bool = False, progress: bool = True) -> Path:
+    """Build the domain's blocks and pre-train a teacher on them; return the saved model directory."""
+    seq_len = config.seq_len or domain.default_seq_len
+    train = domain.dataset("train", seq_len, source)
+    validation = domain.dataset("validation", seq_len, source)
+    tokenizer = domain.tokenizer()
+    return pretrain(config, train, validation, out_dir, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                    resume=resume, progress=progress,
+                    extra={"domain": domain.name, "data": source or "embedded", "seq_len": seq_len})
+
+
+#: Sub-directories of a run directory that hold a loadable model, most useful first.
+MODEL_SUBDIRS = ("student", MODEL_DIR)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory, or a run directory holding ``student/`` or ``model/``."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for sub in MODEL_SUBDIRS:
+        if (path / sub / "config.json").is_file():
+            return path / sub
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    raise CheckpointError(f"{path} holds no model: expected config.json, or a run directory with "
+                          f"{' or '.join(s + '/' for s in MODEL_SUBDIRS)}")
+
+
+def check_compatible(model: MaskedDiffusionTeacher, domain: Domain, seq_len: int) -> None:
+    """Refuse a model whose vocabulary, mask id or length does not fit the domain."""
+    tokenizer = domain.tokenizer()
+    if model.vocab_size != tokenizer.vocab_size or model.mask_id != tokenizer.mask_id:
+        raise ModelMismatchError(
+            f"the model has vocabulary {model.vocab_size} (mask id {model.mask_id}) but domain {domain.name!r} "
+            f"has {tokenizer.vocab_size} (mask id {tokenizer.mask_id}); use a checkpoint trained on this domain")
+    if seq_len > model.seq_len:
+        raise ModelMismatchError(f"--seq-len {seq_len} exceeds the model's maximum length {model.seq_len}")
+
+
+def load_denoiser(path: str | Path, domain: Domain, device: torch.device) -> tuple[MaskedDiffusionTeacher, dict]:
+    """Load a saved denoiser for sampling (eval mode) and check it against the domain."""
+    model_dir = resolve_model_dir(path)
+    model = load_pretrained(model_dir, map_location=device).eval()
+    check_compatible(model, domain, model.seq_len)
+    return model, read_pretrained_config(model_dir)
+
+
+@dataclass
+class GenerationResult:
+    ids: torch.Tensor  # [K, L] on the CPU
+    nfe: int  # denoiser passes per sample (per batch)
+    seconds: float
+    extra_passes: int = 0  # e.g. discriminator passes added by RGAS
+
+    @property
+    def tokens(self) -> int:
+        return self.ids.numel()
+
+    def throughput(self) -> dict[str, float]:
+        return {"samples_per_s": len(self.ids) / self.seconds, "tokens_per_s": self.tokens / self.seconds}
+
+
+def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: torch.device,
+             time_conditioned: bool = False, step_rule: StepRule = ancestral_step,
+             initial_state: Any = None) -> GenerationResult:
+    """``config.num_samples`` samples in batches of ``config.batch_size`` with one seeded generator.
+
+    ``initial_state(batch, seq_len, generator)`` (optional) gives a partly filled start state, e.g.
+    a protein domain's sampled-length prefill.
+    """
+    seq_len = config.seq_len or model.seq_len
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    batches, nfe = [], 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for start in range(0, config.num_samples, config.batch_size):
+        size = min(config.batch_size, config.num_samples - start)
+        z_init = initial_state(size, seq_len, generator) if initial_state is not None else None
+        if z_init is not None:
+            z_init = z_init.to(device)
+        out = sample(model, num_samples=size, seq_len=seq_len, steps=config.steps, mask_id=model.mask_id,
+                     schedule=LogLinearSchedule(), precision=config.precision, noise_removal=config.noise_removal,
+                     cache=config.cache, time_conditioned=time_conditioned, t_min=config.t_min,
+                     generator=generator, device=device, step_rule=step_rule, z_init=z_init)
+        batches.append(out.ids.cpu())
+        nfe = max(nfe, out.nfe)
+    seconds = time.perf_counter() - tic
+    return GenerationResult(torch.cat(batches), nfe, seconds, getattr(step_rule, "extra_passes", 0))
+
+
+__all__ = ["pretrain_domain", "resolve_model_dir", "check_compatible", "load_denoiser", "generate",
+           "GenerationResult", "resolve_device"]
