@@ -86,6 +86,19 @@ def mdlm_loss(
     return (weight * nll * loss_mask).sum() / loss_mask.sum().clamp_min(1)
 
 
+def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """-log p(x_0 = target) under SUBS for logits [n, V] at masked positions, fused (cross-entropy kernel)."""
+    mask_column = torch.tensor([mask_id], device=logits.device)
+    return F.cross_entropy(logits.float().index_fill(-1, mask_column, NEG_INF), targets, reduction="none")
+
+
+def mdlm_loss_at_masked(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
+                        schedule: LogLinearSchedule, mask_id: int) -> torch.Tensor:
+    """`mdlm_loss` from logits [n, V] computed only at the masked positions ``masked`` [B, L]."""
+    weight = schedule.loss_weight(t).reshape(-1, 1).expand(masked.shape)[masked]
+    return (weight * masked_token_nll(logits, x[masked], mask_id)).sum() / masked.numel()
+
+
 def posterior_probs(log_p_x0: torch.Tensor, z: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor,
                     mask_id: int) -> torch.Tensor:
     """Ancestral posterior q(z_s | z_t, x_0 ~ p) for s < t, [B, L, V] (rows sum to 1).

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from discdistill.checkpoint import load_training_state, save_pretrained, save_training_state
 from discdistill.config import PretrainConfig, model_config_from_preset
 from discdistill.data import EpochBatches
-from discdistill.diffusion import LogLinearSchedule, antithetic_times, corrupt, mdlm_loss
+from discdistill.diffusion import LogLinearSchedule, antithetic_times, corrupt, mdlm_loss_at_masked
 from discdistill.errors import CheckpointError, DataError, DiscdistillError
 from discdistill.models import DiT
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
@@ -84,7 +84,8 @@ def diffusion_loss(model: DiT, x: torch.Tensor, schedule: LogLinearSchedule, t_m
     t = antithetic_times(x.shape[0], x.device, generator, t_min=t_min)
     z = corrupt(x, schedule.alpha(t), model.mask_id, generator)
     sigma = schedule.sigma(t) if time_conditioned else torch.zeros_like(t)
-    return mdlm_loss(model(z, sigma), x, z, t, schedule, model.mask_id)
+    masked = z == model.mask_id
+    return mdlm_loss_at_masked(model.logits_at(z, sigma, masked), x, masked, t, schedule, model.mask_id)
 
 
 @torch.no_grad()
@@ -183,7 +184,7 @@ def pretrain(
             scheduler.step()
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                record = {"step": done, "loss": float(loss), "grad_norm": grads.norm, "nonfinite_grad": grads.nonfinite,
+                record = {"step": done, "loss": loss.item(), "grad_norm": grads.norm, "nonfinite_grad": grads.nonfinite,
                           "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
                 if done % config.eval_every == 0 or done == config.steps:
                     record["val_nll"] = validation_nll(model, validation, config, device)

@@ -81,3 +81,13 @@ class DiT(MaskedDiffusionTeacher):
         """Raw x_0 logits [B, L, V] for z (ids [B, L] or probabilities [B, L, V]) at noise level sigma [B] or scalar."""
         h, c = self.features(z, sigma)
         return self.output_layer(h, c)
+
+    def logits_at(self, z: torch.Tensor, sigma: torch.Tensor | float, where: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] only at the n positions where ``where`` [B, L] is true (row-major order).
+
+        The ELBO scores masked positions only; with V = 50k the output layer dominates the cost, so
+        skipping the other positions halves a training step on average. Equals forward(z)[where].
+        """
+        h, c = self.features(z, sigma)
+        rows = where.nonzero()[:, 0]
+        return self.output_layer(h[where].unsqueeze(1), c[rows]).squeeze(1)
