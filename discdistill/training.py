@@ -99,7 +99,7 @@ def validation_nll(model: DiT, data: torch.Tensor, config: PretrainConfig, devic
     batches = [data[i:i + config.batch_size] for i in range(0, len(data), config.batch_size)][:config.eval_batches]
     for batch in batches:
         loss = diffusion_loss(model, batch.to(device).long(), schedule, config.t_min, config.time_conditioned, generator)
-        total += float(loss) * len(batch)
+        total += loss.item() * len(batch)
     model.train(was_training)
     return total / sum(len(b) for b in batches)
 
@@ -182,17 +182,17 @@ def pretrain(
             grads = clip_grad_norm_finite_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            done = step + 1
+            done, loss_value = step + 1, loss.item()
             if done % config.log_every == 0 or done == config.steps:
-                record = {"step": done, "loss": loss.item(), "grad_norm": grads.norm, "nonfinite_grad": grads.nonfinite,
+                record = {"step": done, "loss": loss_value, "grad_norm": grads.norm, "nonfinite_grad": grads.nonfinite,
                           "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
                 if done % config.eval_every == 0 or done == config.steps:
                     record["val_nll"] = validation_nll(model, validation, config, device)
                     record["val_ppl_bound"] = math.exp(record["val_nll"])
-                    bar.write(f"step {done}: train loss {float(loss):.4f}, validation NLL {record['val_nll']:.4f} "
+                    bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
                               f"nats/token (PPL <= {record['val_ppl_bound']:.1f})")
                 log.write(record)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}")
             if stop.requested:
                 checkpoint(done)
                 log.close()
