@@ -1,0 +1,95 @@
+"""Sampler overhead: time of N-step sampling over N times one denoiser forward (the floor is 1.0).
+
+    python benchmarks/sampler.py --presets tiny small --steps 16 128 1024 --out benchmarks/results/sampler.json
+
+Both numbers are measured side by side in one process at the same batch and length, with random
+weights (speed does not depend on them). The overhead is what the loop adds per step: the SUBS
+softmax, the posterior, the categorical draw (float64 inverse CDF by default) and the carry-over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from discdistill.config import model_config_from_preset
+from discdistill.models import DiT
+from discdistill.sampling import sample
+
+V = 50258  # GPT-2 + mask: the vocabulary the presets are used with
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_of(fn, repeats: int, device: torch.device) -> float:
+    """Best wall time of ``repeats`` calls (the least disturbed by a noisy machine)."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        tic = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - tic)
+    return min(times)
+
+
+@torch.no_grad()
+def measure(preset: str, steps: int, batch: int, seq_len: int, precision: str, device: torch.device,
+            repeats: int) -> dict:
+    model = DiT(model_config_from_preset(preset, vocab_size=V, mask_id=V - 1, seq_len=seq_len)).to(device).eval()
+    for p in model.parameters():  # non-degenerate logits (zero-init output would make sampling trivially uniform)
+        torch.nn.init.normal_(p, std=0.02)
+    z = torch.randint(0, V - 1, (batch, seq_len), device=device)
+    sigma = torch.zeros(batch, device=device)
+    model(z, sigma)  # warm-up
+    forward = best_of(lambda: model(z, sigma), repeats, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    run = lambda: sample(model, num_samples=batch, seq_len=seq_len, steps=steps, mask_id=V - 1,  # noqa: E731
+                         precision=precision, generator=generator, device=device)
+    total = best_of(run, 1 if steps >= 128 else repeats, device)
+    return {"preset": preset, "steps": steps, "batch": batch, "seq_len": seq_len, "precision": precision,
+            "forward_s": forward, "sampling_s": total, "overhead": total / (steps * forward),
+            "tokens_per_s": batch * seq_len / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--steps", nargs="+", type=int, default=[16, 128, 1024])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--precision", nargs="+", default=["float64"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sampler.json"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(f"machine: {machine}")
+    print(f"{'preset':<7} {'prec':<8} {'N':>5} {'B':>3} {'L':>5} {'forward s':>10} {'N-step s':>10} "
+          f"{'overhead':>9} {'tokens/s':>9}")
+    rows = []
+    for preset in args.presets:
+        for precision in args.precision:
+            for steps in args.steps:
+                row = measure(preset, steps, args.batch, args.seq_len, precision, device, args.repeats)
+                rows.append(row)
+                print(f"{preset:<7} {precision:<8} {steps:>5} {args.batch:>3} {args.seq_len:>5} {row['forward_s']:>10.4f} "
+                      f"{row['sampling_s']:>10.3f} {row['overhead']:>9.3f} {row['tokens_per_s']:>9.1f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)}, "rows": rows},
+                                   indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
