@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from discdistill import plugins
-from discdistill.config import PretrainConfig, SamplingConfig, load_config
+from discdistill.config import PretrainConfig, SamplingConfig, build, load_config
 from discdistill.errors import DiscdistillError
 from discdistill.training import resolve_device
 
@@ -118,30 +118,88 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: CHECKPOINT/samples-<steps>steps.<domain format>).")
+@click.option("--sampler", type=click.Choice(["ancestral", "rgas"]), default="ancestral", show_default=True,
+              help="rgas: reward-guided ancestral sampling with the discriminator saved by `train` "
+                   "(gradient tilting, then re-ranking); CHECKPOINT must be the train run directory.")
+@click.option("--rerank-ratio", type=float, default=None, help="RGAS: fraction of steps (the last) that re-rank [0.5].")
+@click.option("--candidates", type=int, default=None, help="RGAS: candidate states per re-ranking step (M) [4].")
+@click.option("--h-start", type=float, default=None, help="RGAS: tilting scale at the first step [30].")
+@click.option("--h-end", type=float, default=None, help="RGAS: tilting scale at the last tilting step [40].")
 @config_options
-def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, config_file: str | None,
-           overrides: tuple[str, ...], **options: Any) -> None:
+def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sampler: str,
+           rerank_ratio: float | None, candidates: int | None, h_start: float | None, h_end: float | None,
+           config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Generate samples with a teacher or student and write them in the domain's format.
 
-    Prints samples/s and tokens/s (wall time of generation, decoding excluded).
+    Prints samples/s and tokens/s (wall time of generation, decoding excluded), the denoiser passes
+    and, for RGAS, the discriminator passes it added.
     """
+    from discdistill.sampling import ancestral_step
     from discdistill.workflows import generate, load_denoiser
 
     config = load_config(SamplingConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain)
     torch_device = resolve_device(device)
     model, saved = load_denoiser(checkpoint, target, torch_device)
-    time_conditioned = bool(saved.get("extra", {}).get("config", {}).get("time_conditioned", False))
+    time_conditioned = bool(saved["extra"].get("time_conditioned", False))
+    step_rule = ancestral_step
+    if sampler == "rgas":
+        from discdistill.distill.config import RGASConfig
+        from discdistill.distill.rgas import load_rgas
+
+        knobs = explicit(rerank_ratio=rerank_ratio, candidates=candidates, h_start=h_start, h_end=h_end)
+        step_rule = load_rgas(checkpoint, build(RGASConfig, knobs), map_location=torch_device)
     result = generate(model, config, device=torch_device, time_conditioned=time_conditioned,
-                      initial_state=target.initial_state)
-    out_file = out_file or checkpoint / f"samples-{config.steps}steps{target.sample_suffix}"
-    metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": "ancestral", "seed": config.seed,
+                      step_rule=step_rule, initial_state=target.initial_state)
+    out_file = out_file or checkpoint / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
+    metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
                 "precision": config.precision, "noise_removal": config.noise_removal}
     written = target.write_samples(target.decode_samples(result.ids), out_file, metadata)
     speed = result.throughput()
-    click.echo(f"{len(result.ids)} samples x {result.ids.shape[1]} tokens, {result.nfe} denoiser passes each, "
-               f"in {result.seconds:.2f} s: {speed['samples_per_s']:.2f} samples/s, "
+    disc = f", {step_rule.disc_passes} discriminator passes" if sampler == "rgas" else ""
+    click.echo(f"{len(result.ids)} samples x {result.ids.shape[1]} tokens, {result.nfe} denoiser passes each"
+               f"{disc}, in {result.seconds:.2f} s: {speed['samples_per_s']:.2f} samples/s, "
                f"{speed['tokens_per_s']:.0f} tokens/s -> {written}")
+
+
+@cli.command()
+@domain_option
+@click.option("--teacher", default=None, metavar="PATH|hf:ID",
+              help="Teacher model/run directory, or hf:ID to import a published MDLM from the hub. "
+                   "Default: the domain's default teacher, pre-trained on its embedded corpus and cached.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<domain>-student): student/, discriminator/, state/, metrics.jsonl.")
+@click.option("--data", default=None, metavar="PATH|NAME", help="Positives for the discriminator (default: embedded).")
+@click.option("--iterations", type=int, default=None, help="Distillation iterations.")
+@click.option("--batch-rows", type=int, default=None, help="Data rows per iteration (student samples = rows x G).")
+@click.option("--student-lr", type=float, default=None, help="Student AdamW learning rate.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seeds data order, rollouts and corruption.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (same data order and RNG stream).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_options
+def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | None, resume: bool, quiet: bool,
+          config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+    """Distil a teacher into a few-step student with DiDi-Instruct.
+
+    Every technique of the method is a switch (see docs/distillation.md), e.g. --set two_step=false,
+    --set kl=jeffrey, --set advantage_norm=batch. Per-iteration metrics go to OUT/metrics.jsonl.
+    """
+    from discdistill.checkpoint import load_pretrained
+    from discdistill.distill.config import DistillConfig
+    from discdistill.distill.trainer import distill
+    from discdistill.workflows import check_compatible, resolve_teacher
+
+    config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
+    target = plugins.get_domain(domain)
+    teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
+    teacher_model = load_pretrained(teacher_dir)
+    check_compatible(teacher_model, target, teacher_model.seq_len)
+    train_data = target.dataset("train", teacher_model.seq_len, data) if config.positives == "data" else None
+    out_dir = out_dir or Path("runs") / f"{domain}-student"
+    student_dir = distill(config, teacher_dir, train_data, out_dir, resume=resume, progress=not quiet)
+    click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
+               f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
 
 
 @cli.command("import-mdlm")

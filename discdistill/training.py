@@ -203,5 +203,6 @@ def pretrain(
     log.close()
     bar.close()
     checkpoint(config.steps)
-    info = {"steps": config.steps, "config": config.model_dump(), "val_nll": validation_nll(model, validation, config, device)}
+    info = {"steps": config.steps, "config": config.model_dump(), "time_conditioned": config.time_conditioned,
+            "val_nll": validation_nll(model, validation, config, device)}
     return save_pretrained(model, out_dir / MODEL_DIR, extra={**info, **(extra or {})})

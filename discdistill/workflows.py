@@ -5,7 +5,9 @@ Kept separate from `cli` so that notebooks and tests can run the same workflows 
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from discdistill.checkpoint import load_pretrained, read_pretrained_config
-from discdistill.config import PretrainConfig, SamplingConfig
+from discdistill.config import PretrainConfig, SamplingConfig, build
 from discdistill.diffusion import LogLinearSchedule
 from discdistill.errors import CheckpointError, ModelMismatchError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
@@ -75,7 +77,6 @@ class GenerationResult:
     ids: torch.Tensor  # [K, L] on the CPU
     nfe: int  # denoiser passes per sample (per batch)
     seconds: float
-    extra_passes: int = 0  # e.g. discriminator passes added by RGAS
 
     @property
     def tokens(self) -> int:
@@ -111,8 +112,44 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
         batches.append(out.ids.cpu())
         nfe = max(nfe, out.nfe)
     seconds = time.perf_counter() - tic
-    return GenerationResult(torch.cat(batches), nfe, seconds, getattr(step_rule, "extra_passes", 0))
+    return GenerationResult(torch.cat(batches), nfe, seconds)
+
+
+#: How the default teacher of a domain is built when `train` is given none: the README's main job.
+DEFAULT_TEACHER_RECIPE: dict[str, Any] = {"steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_steps": 40,
+                                          "eval_every": 50}
+
+
+def cache_root() -> Path:
+    """$DISCDISTILL_CACHE, else ~/.cache/discdistill."""
+    return Path(os.environ.get("DISCDISTILL_CACHE", Path.home() / ".cache" / "discdistill"))
+
+
+def resolve_teacher(domain: Domain, teacher: str | None, *, device: str, progress: bool = True,
+                    say: Callable[[str], None] = print) -> Path:
+    """A teacher model directory: a local path, ``hf:ID`` (imported once into the cache), or, when
+    ``teacher`` is None, the domain's default teacher (pre-trained once on its embedded corpus and cached).
+    """
+    if teacher is not None and teacher.startswith("hf:"):
+        from discdistill.mdlm_import import import_mdlm
+
+        target = cache_root() / "teachers" / teacher[3:].replace("/", "--")
+        if not (target / "config.json").is_file():
+            say(f"importing {teacher[3:]} into {target}")
+            import_mdlm(teacher[3:], target)
+        return target
+    if teacher is not None:
+        return resolve_model_dir(teacher)
+    run_dir = cache_root() / "teachers" / f"{domain.name}-default"
+    if (run_dir / MODEL_DIR / "config.json").is_file():
+        say(f"using the cached default teacher {run_dir / MODEL_DIR}")
+        return run_dir / MODEL_DIR
+    say(f"no teacher given and none cached: pre-training the default {domain.name} teacher into {run_dir} "
+        f"({DEFAULT_TEACHER_RECIPE['steps']} steps on the embedded corpus; cached for next time)")
+    config = build(PretrainConfig, {**DEFAULT_TEACHER_RECIPE, "device": device})
+    resume = (run_dir / "checkpoint").is_dir()  # a previous attempt was interrupted: continue it
+    return pretrain_domain(domain, config, run_dir, resume=resume, progress=progress)
 
 
 __all__ = ["pretrain_domain", "resolve_model_dir", "check_compatible", "load_denoiser", "generate",
-           "GenerationResult", "resolve_device"]
+           "GenerationResult", "resolve_device", "resolve_teacher", "cache_root"]
