@@ -121,3 +121,31 @@ def test_every_command_has_help(capsys):
     for command in ["pretrain", "sample", "domains", "import-mdlm"]:
         code, out, _ = run([command, "--help"], capsys)
         assert code == 0 and "Usage: discdistill" in out
+
+
+def test_train_then_sample_with_rgas_on_a_toy_plugin(toy_plugin, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert run(["pretrain", "--domain", "counting", "--out", str(teacher), "--steps", "4", *FAST], capsys)[0] == 0
+    student = tmp_path / "student"
+    code, out, err = run(["train", "--domain", "counting", "--teacher", str(teacher), "--out", str(student),
+                          "--iterations", "3", "--batch-rows", "2", "--device", "cpu", "--quiet",
+                          "--set", "warmup_steps=1", "--set", "save_every=2"], capsys)
+    assert code == 0, err
+    assert (student / "student" / "config.json").is_file() and (student / "discriminator").is_dir()
+    assert len((student / "metrics.jsonl").read_text().splitlines()) == 3
+    code, out, err = run(["sample", "--domain", "counting", "--checkpoint", str(student), "--steps", "4",
+                          "--num-samples", "3", "--sampler", "rgas", "--device", "cpu",
+                          "--out", str(tmp_path / "s.txt")], capsys)
+    assert code == 0, err
+    assert "4 denoiser passes each" in out and "discriminator passes" in out
+    assert len((tmp_path / "s.txt").read_text().split()) == 3
+
+
+def test_train_refuses_an_existing_run_without_resume(toy_plugin, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    assert run(["pretrain", "--domain", "counting", "--out", str(teacher), "--steps", "2", *FAST], capsys)[0] == 0
+    args = ["train", "--domain", "counting", "--teacher", str(teacher), "--out", str(tmp_path / "s"),
+            "--iterations", "1", "--batch-rows", "1", "--device", "cpu", "--quiet", "--set", "warmup_steps=0"]
+    assert run(args, capsys)[0] == 0
+    code, _, err = run(args, capsys)
+    assert code == 1 and "already holds a distillation run; pass --resume" in err
