@@ -32,6 +32,9 @@ class DistillConfig(StrictModel):
     tau_beta: float = Field(1.0, gt=0.0, description="tau ~ Beta(tau_alpha, tau_beta).")
     tau_min: float = Field(0.02, gt=0.0, lt=1.0, description="tau is clamped to [tau_min, tau_max].")
     tau_max: float = Field(0.98, gt=0.0, lt=1.0, description="tau is clamped to [tau_min, tau_max].")
+    tau_per_group: bool = Field(
+        False, description="Draw one tau per group of G samples (off: one per sample, method.md). Sharing it "
+        "makes the within-group reward differences reflect the samples rather than their noise levels.")
     coupled_tau: bool = Field(
         True, description="The discriminator corrupts real and fake at the student sample's own tau; "
         "off: at an independent draw from the same distribution (one per sample).")
@@ -72,7 +75,10 @@ class DistillConfig(StrictModel):
         "models need more (tuned on the Markov domain, docs/distillation.md).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (student and discriminator).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (student and discriminator).")
-    warmup_steps: int = Field(1000, ge=0, description="Linear warm-up iterations, then linear decay to 0.")
+    warmup_steps: int = Field(1000, ge=0, description="Student linear warm-up iterations, then linear decay to 0.")
+    disc_warmup_steps: int | None = Field(
+        None, ge=0, description="Discriminator warm-up iterations (None: warmup_steps). A short one lets the "
+        "discriminator become informative while the student is still warming up.")
     iterations: int = Field(10_000, gt=0, description="Total distillation iterations.")
     student_grad_clip: float = Field(0.5, gt=0.0, description="Student grad-norm clip (non-finite grads zeroed first).")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of the student; sampling uses the EMA weights.")

@@ -1,8 +1,9 @@
 """DiDi-Instruct losses and reward shaping: pure functions on tensors (method.md §2.3-§2.5).
 
-Conventions: ``masked`` is a bool [B, L] marking the positions a term averages over; averages are
-token-level (sum over every selected position of the batch / their count), and a term with no
-selected position is 0. Log-probabilities are SUBS-processed (mask column -inf) [B, L, V].
+Conventions: ``masked`` is a bool [B, L] marking the positions a term averages over (None: every
+position); averages are token-level (sum over every selected position of the batch / their count),
+and a term with no selected position is 0. Log-probabilities are SUBS-processed (mask column -inf),
+[B, L, V], or [n, V] rows already gathered at the masked positions (then pass ``masked=None``).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def advantages(rewards: torch.Tensor, mode: Literal["group", "batch", "none"], g
     raise ValueError(f"unknown advantage normalisation {mode!r}")
 
 
-def _masked_mean(values: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """sum_{masked} values / max(1, #masked)."""
+def _masked_mean(values: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """sum_{masked} values / max(1, #masked) (plain mean when ``masked`` is None)."""
+    if masked is None:
+        return values.mean() if values.numel() else values.sum()
     weight = masked.to(values.dtype)
     return (values * weight).sum() / weight.sum().clamp_min(1.0)
 
@@ -96,7 +99,7 @@ class KLTerms:
     value: torch.Tensor  # the selected divergence (what the loss uses)
 
 
-def kl_terms(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, masked: torch.Tensor,
+def kl_terms(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, masked: torch.Tensor | None,
              kind: Literal["forward", "reverse", "jeffrey"] = "forward", beta: float = 0.5) -> KLTerms:
     """forward = sum_v p_T (log p_T - log p_S), reverse = sum_v p_S (log p_S - log p_T), Jeffrey = (1-b) fwd + b rev.
 
@@ -118,7 +121,7 @@ def kl_terms(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, m
     return KLTerms(forward, reverse, value)
 
 
-def masked_entropy(log_probs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def masked_entropy(log_probs: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
     """H = mean_{masked} -sum_v p_v log p_v of the x_0 distributions [B, L, V]."""
     log_p = log_probs.float().clamp_min(_LOG_FLOOR)
     return _masked_mean(-(log_p.exp() * log_p).sum(-1), masked)

@@ -15,6 +15,11 @@ Decisions:
 * ``two_step=False`` (the ablation without decomposition): one step 1 -> 0 from the all-mask state,
   which draws every position independently from p_nu(x_0 | all-mask); there is no z_tau.
 * Positions that stay masked contribute log P(stay) (a constant of nu) and are left out of lp.
+* Only masked positions are scored (`DiT.logits_at`): the output layer, the SUBS log-softmax and the
+  categorical draw run on the n masked rows of a step, not on all N x L positions (with V = 50k the
+  output layer dominates, and at z_tau only about tau L positions are masked). Log-probabilities are
+  therefore [n, V] rows in row-major order of the masked positions, which is also where KL matching
+  and the entropy bonus average.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from discdistill.diffusion import LogLinearSchedule, subs_log_probs
+from discdistill.diffusion import LogLinearSchedule, NEG_INF
 from discdistill.sampling import Precision, sample_bernoulli, sample_categorical
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,8 +38,8 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class RolloutStep:
     state: torch.Tensor  # [N, L] ids the step started from
-    masked: torch.Tensor  # [N, L] bool: positions masked in `state` (where KL and entropy are averaged)
-    log_probs: torch.Tensor  # [N, L, V] SUBS log p_nu(x_0 | state), with gradients
+    masked: torch.Tensor  # [N, L] bool: positions masked in `state`
+    log_probs: torch.Tensor  # [n, V] SUBS log p_nu(x_0 | state) at the n masked positions (row-major), with grad
     unmasked: torch.Tensor  # [N, L] bool: positions the step unmasked
     log_prob: torch.Tensor  # [N] sum over `unmasked` of log p_nu(chosen token | state), with gradients
     next_state: torch.Tensor  # [N, L] ids after the step
@@ -64,6 +69,18 @@ class Rollout:
         return sum(step.log_prob for step in self.steps)  # type: ignore[return-value]
 
 
+def masked_log_probs(model: Denoise, z: torch.Tensor, sigma: torch.Tensor, masked: torch.Tensor,
+                     mask_id: int) -> torch.Tensor:
+    """SUBS log p(x_0 | z) at the masked positions only: [n, V] float32 (mask column -inf).
+
+    Uses ``model.logits_at`` when the network has it (the DiT does), else slices the full output.
+    """
+    logits_at = getattr(model, "logits_at", None)
+    logits = logits_at(z, sigma, masked) if logits_at is not None else model(z, sigma)[masked]
+    mask_column = torch.tensor([mask_id], device=logits.device)
+    return logits.float().index_fill(-1, mask_column, NEG_INF).log_softmax(-1)
+
+
 def _as_rows(value: torch.Tensor | float, n: int, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(value, dtype=torch.float64, device=device).reshape(-1).expand(n)
 
@@ -73,20 +90,26 @@ def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float,
                  generator: torch.Generator | None = None) -> RolloutStep:
     """One ancestral step t -> s with a differentiable log-prob of the positions it unmasks.
 
-    P(position unmasked) = (alpha_s - alpha_t) / (1 - alpha_t), then x ~ p_nu(x_0 | z); ``alpha_*`` per row [N].
+    At a masked position: unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), then
+    x ~ p_nu(x_0 | z). ``alpha_*`` are scalars or per row [N].
     """
     n = z.shape[0]
     alpha_t = _as_rows(alpha_t, n, z.device)
     alpha_s = _as_rows(alpha_s, n, z.device)
-    log_probs = subs_log_probs(model(z, sigma), z, mask_id)  # float32, with grad
     masked = z == mask_id
+    log_probs = masked_log_probs(model, z, sigma, masked, mask_id)  # [m, V], with grad
+    rows = masked.nonzero()[:, 0]
     with torch.no_grad():
-        tokens = sample_categorical(log_probs.detach().exp(), precision, generator)
-        unmask_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t)).reshape(n, 1).expand(z.shape)
-        unmasked = masked & sample_bernoulli(unmask_prob, precision, generator)
-        next_state = torch.where(unmasked, tokens, z)
+        tokens = sample_categorical(log_probs.detach().exp(), precision, generator)  # [m]
+        unmask_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t))[rows]
+        chosen_mask = sample_bernoulli(unmask_prob, precision, generator)  # [m]
+        unmasked = torch.zeros_like(masked)
+        unmasked[masked] = chosen_mask
+        next_state = z.clone()
+        next_state[unmasked] = tokens[chosen_mask]
     chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    log_prob = torch.where(unmasked, chosen, torch.zeros_like(chosen)).sum(-1)
+    chosen = torch.where(chosen_mask, chosen, torch.zeros_like(chosen))
+    log_prob = torch.zeros(n, dtype=chosen.dtype, device=z.device).index_add(0, rows, chosen)
     return RolloutStep(state=z, masked=masked, log_probs=log_probs, unmasked=unmasked, log_prob=log_prob,
                        next_state=next_state)
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from discdistill.checkpoint import load_pretrained, load_training_state, save_pretrained, save_training_state
 from discdistill.data import EpochBatches
-from discdistill.diffusion import LogLinearSchedule, corrupt, subs_log_probs
+from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
 from discdistill.distill.discriminator import DiTDiscriminator, save_discriminator
 from discdistill.distill.losses import (
@@ -52,7 +52,7 @@ from discdistill.distill.losses import (
     student_policy_loss,
     token_log_odds_reward,
 )
-from discdistill.distill.rollout import Rollout, sample_tau, student_rollout
+from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
 from discdistill.errors import CheckpointError, ConfigError, DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
 from discdistill.sampling import sample
@@ -95,7 +95,8 @@ class DistillTrainer:
         self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)
         self.opt_disc = make_adamw(self.disc.parameters(), config.disc_lr, config.betas, config.weight_decay)
         self.sched_student = warmup_linear_decay(self.opt_student, config.warmup_steps, config.iterations)
-        self.sched_disc = warmup_linear_decay(self.opt_disc, config.warmup_steps, config.iterations)
+        disc_warmup = config.warmup_steps if config.disc_warmup_steps is None else config.disc_warmup_steps
+        self.sched_disc = warmup_linear_decay(self.opt_disc, disc_warmup, config.iterations)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.batches = (EpochBatches(len(self.train_data), config.batch_rows, config.seed)
                         if self.train_data is not None else None)
@@ -132,7 +133,12 @@ class DistillTrainer:
         return self.schedule.sigma(t.double()).float() if self.config.time_conditioned else torch.zeros_like(t).float()
 
     def _tau(self, n: int) -> torch.Tensor:
+        """n times from the tau distribution; with ``tau_per_group`` one per group, repeated G times."""
         c = self.config
+        if c.tau_per_group:
+            draws = sample_tau(n // c.group_size, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, self.generator,
+                               self.device)
+            return draws.repeat_interleave(c.group_size)
         return sample_tau(n, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, self.generator, self.device)
 
     # ------------------------------------------------------------------ one iteration
@@ -212,8 +218,8 @@ class DistillTrainer:
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if n > 1 else 0.0,
             "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if n > 1 else 0.0,
             "adv_min": float(adv.min()), "adv_max": float(adv.max()),
-            "kl": float(loss_kl), "kl_forward": float(kl_fwd), "kl_reverse": float(kl_rev),
-            "entropy": float(entropy), "log_prob_mean": float(rollout.log_prob.detach().mean()),
+            "kl": float(loss_kl.detach()), "kl_forward": float(kl_fwd), "kl_reverse": float(kl_rev),
+            "entropy": float(entropy.detach()), "log_prob_mean": float(rollout.log_prob.detach().mean()),
             "omega_mean": float(weights.mean()),
             "grad_norm_student": grads_student.norm, "grad_norm_disc": grads_disc.norm,
             "nonfinite_grad_student": grads_student.nonfinite, "nonfinite_grad_disc": grads_disc.nonfinite,
@@ -230,14 +236,14 @@ class DistillTrainer:
         zero = torch.zeros((), device=self.device)
         kl, fwd, rev, entropies = zero, zero, zero, []
         for step in rollout.steps:
-            entropies.append(masked_entropy(step.log_probs, step.masked))
+            entropies.append(masked_entropy(step.log_probs, None))  # rows = masked positions of the state
             if c.kl_weight > 0:
                 n = step.state.shape[0]
                 sigma = (self._sigma(torch.ones(n, device=self.device)) if step is rollout.steps[0]
                          else self._sigma(rollout.tau))
                 with torch.no_grad(), self._autocast():
-                    teacher_lp = subs_log_probs(self.teacher(step.state, sigma), step.state, self.mask_id)
-                terms = kl_terms(step.log_probs, teacher_lp, step.masked, c.kl, c.jeffrey_beta)
+                    teacher_lp = masked_log_probs(self.teacher, step.state, sigma, step.masked, self.mask_id)
+                terms = kl_terms(step.log_probs, teacher_lp, None, c.kl, c.jeffrey_beta)
                 kl, fwd, rev = kl + terms.value, fwd + terms.forward.detach(), rev + terms.reverse.detach()
         return kl, fwd, rev, torch.stack(entropies).mean()
 

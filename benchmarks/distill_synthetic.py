@@ -1,0 +1,210 @@
+"""DiDi-Instruct on a distribution known exactly: the built-in Markov-chain domain.
+
+    python benchmarks/distill_synthetic.py --out bench/distill_synthetic            # full run (CPU: ~30-60 min)
+    python benchmarks/distill_synthetic.py --out /tmp/q --quick                     # smoke run (a few minutes)
+    python benchmarks/distill_synthetic.py --out bench/x student_lr=3e-4 iterations=800   # DistillConfig overrides
+
+Every sample is scored by its exact negative log-likelihood per token under the true chain (and its
+unigram entropy, so a low NLL bought by collapsing onto a few tokens is visible). It reports:
+data; the teacher at 2/4/8/64/256 steps; the distilled student at 2/4/8 steps, plain and with RGAS;
+the cumulative ablation (method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its
+floor (the network passes an iteration must make, timed one by one). Prints a table, writes
+OUT/results.json. A teacher already in OUT/teacher/model is reused (delete it to retrain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discdistill.builtin.markov import MarkovDomain
+from discdistill.checkpoint import load_pretrained
+from discdistill.config import PretrainConfig, build, merge, parse_override
+from discdistill.diffusion import LogLinearSchedule, corrupt, subs_log_probs
+from discdistill.distill import DistillConfig, DistillTrainer, RGASConfig, ablation_ladder, distill, load_rgas
+from discdistill.distill.rollout import sample_tau
+from discdistill.sampling import sample
+from discdistill.training import pretrain
+
+#: The teacher: the tiny preset narrowed to 64 wide (the chain needs little capacity; CPU time does).
+TEACHER = dict(model_preset="tiny", model_overrides={"hidden_size": 64, "cond_dim": 32, "n_heads": 2},
+               batch_size=128, steps=4000, lr=2e-3, warmup_steps=200, eval_every=1000, save_every=1000,
+               log_every=100, seed=0, device="cpu")
+#: Distillation settings tuned on this domain (docs/distillation.md: "Tuning on the Markov domain").
+STUDENT = dict(iterations=1000, warmup_steps=50, batch_rows=8, group_size=4, student_lr=3e-4, disc_lr=3e-4,
+               ema_decay=0.99, save_every=10_000, device="cpu", seed=0)
+QUICK_TEACHER = dict(steps=600)
+QUICK_STUDENT = dict(iterations=60)
+
+
+def evaluate(domain: MarkovDomain, ids: torch.Tensor) -> dict[str, float]:
+    m = domain.metrics(ids)
+    return {"nll": m["true_nll_per_token"], "entropy": m["unigram_entropy"]}
+
+
+def draw(model: Any, steps: int, num: int, seed: int, rule: Any = None) -> torch.Tensor:
+    kwargs = dict(num_samples=num, seq_len=32, steps=steps, mask_id=16, generator=torch.Generator().manual_seed(seed),
+                  cache=steps > 32 and rule is None)
+    if rule is not None:
+        kwargs["step_rule"] = rule
+    return sample(model, **kwargs).ids
+
+
+def time_iteration(trainer: DistillTrainer, repeats: int) -> dict[str, float]:
+    """Seconds of one training iteration against its floor: the passes it must make, timed one by one."""
+    c, n, dev = trainer.config, trainer.config.samples_per_iteration, trainer.device
+    for _ in range(2):
+        trainer.step()  # warm-up
+    full = [trainer.step()["seconds"] for _ in range(repeats)]
+    gen = torch.Generator().manual_seed(0)
+    z1 = torch.full((n, trainer.seq_len), trainer.mask_id)
+    tau = sample_tau(n, 1.0, 1.0, c.tau_min, c.tau_max, gen)
+    x = trainer.train_data[:n].to(dev) if trainer.train_data is not None and len(trainer.train_data) >= n else \
+        torch.zeros(n, trainer.seq_len, dtype=torch.long)
+    z_tau = corrupt(x, LogLinearSchedule().alpha(tau), trainer.mask_id, gen)
+    zero = torch.zeros(n)
+
+    def timed(fn) -> float:
+        best = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            fn()
+            best.append(time.perf_counter() - tic)
+        return statistics.median(best)
+
+    def student_pass(z):
+        logp = subs_log_probs(trainer.student(z, zero), z, trainer.mask_id)
+        logp[..., 0].sum().backward()
+
+    def teacher_pass(z):
+        with torch.no_grad():
+            trainer.teacher(z, zero)
+
+    def disc_train():
+        trainer.disc(torch.cat([z_tau, z_tau]), torch.cat([zero, zero])).sum().backward()
+
+    def disc_reward():
+        with torch.no_grad():
+            trainer.disc(z_tau, zero)
+
+    parts = {
+        "student fwd+bwd (all-mask state)": timed(lambda: student_pass(z1)),
+        "student fwd+bwd (z_tau state)": timed(lambda: student_pass(z_tau)),
+        "teacher fwd x2 (KL matching)": 2 * timed(lambda: teacher_pass(z_tau)),
+        "discriminator fwd+bwd (real + fake)": timed(disc_train),
+        "discriminator fwd (rewards)": timed(disc_reward),
+    }
+    trainer.student.zero_grad(set_to_none=True)
+    trainer.disc.zero_grad(set_to_none=True)
+    floor = sum(parts.values())
+    iteration = statistics.median(full)
+    return {"iteration_s": iteration, "floor_s": floor, "overhead": iteration / floor - 1.0, **parts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the method")
+    parser.add_argument("--samples", type=int, default=512, help="samples per evaluated sampler")
+    parser.add_argument("--ablation-iterations", type=int, default=None, help="iterations per ablation rung")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("overrides", nargs="*", help="DistillConfig key=value overrides")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    domain = MarkovDomain()
+    train, validation = domain.dataset("train", 32), domain.dataset("validation", 32)
+    num = 64 if args.quick else args.samples
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "samples_per_row": num, "seq_len": 32, "domain": "markov (16 tokens, exact likelihood)",
+        "expected_data_nll": domain.chain.expected_nll_per_token(32),
+    }
+    rows: list[tuple[str, str, dict[str, float]]] = []
+
+    def record(group: str, name: str, metrics: dict[str, float]) -> None:
+        rows.append((group, name, metrics))
+        print(f"{group:<10} {name:<42} NLL/token {metrics['nll']:7.3f}   entropy {metrics['entropy']:.3f}", flush=True)
+
+    # ---------------------------------------------------------------- teacher
+    teacher_config = build(PretrainConfig, {**TEACHER, **(QUICK_TEACHER if args.quick else {})})
+    teacher_dir = out / "teacher" / "model"
+    tic = time.perf_counter()
+    if not (teacher_dir / "config.json").is_file():
+        pretrain(teacher_config, train, validation, out / "teacher", vocab_size=17, mask_id=16, progress=False)
+    results["teacher_seconds"] = time.perf_counter() - tic
+    results["teacher_config"] = teacher_config.model_dump()
+    teacher = load_pretrained(teacher_dir).eval()
+    record("data", "validation rows", evaluate(domain, validation[:num]))
+    for steps in (2, 4, 8, 64, 256):
+        record("teacher", f"{steps} steps", evaluate(domain, draw(teacher, steps, num, seed=1)))
+
+    # ---------------------------------------------------------------- student
+    data: dict[str, Any] = {**STUDENT, **(QUICK_STUDENT if args.quick else {})}
+    for item in args.overrides:
+        keys, value = parse_override(item)
+        merge(data, keys, value)
+    config = build(DistillConfig, data)
+    results["distill_config"] = config.model_dump(mode="json")
+    run_dir = out / "student_run"
+    tic = time.perf_counter()
+    if (run_dir / "state").exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    student_dir = distill(config, teacher_dir, train, run_dir, progress=False)
+    results["distill_seconds"] = time.perf_counter() - tic
+    student = load_pretrained(student_dir).eval()
+    for steps in (2, 4, 8):
+        record("student", f"{steps} steps", evaluate(domain, draw(student, steps, num, seed=1)))
+    for score in ("all", "masked"):
+        rule = load_rgas(run_dir, RGASConfig(score=score))
+        for steps in (2, 4, 8):
+            rule.reset_counts()
+            ids = draw(student, steps, num, seed=1, rule=rule)
+            metrics = {**evaluate(domain, ids), "disc_passes": rule.disc_passes}
+            record("student", f"{steps} steps + RGAS (score={score}, +{rule.disc_passes} D)", metrics)
+
+    # ---------------------------------------------------------------- ablation
+    if not args.skip_ablation:
+        iterations = args.ablation_iterations or config.iterations
+        for name, rung in ablation_ladder(config.model_copy(update={"iterations": iterations})):
+            rung_dir = out / "ablation" / name.replace("+ ", "").replace(" ", "_")
+            if (rung_dir / "state").exists():
+                import shutil
+
+                shutil.rmtree(rung_dir)
+            model = load_pretrained(distill(rung, teacher_dir, train, rung_dir, progress=False)).eval()
+            for steps in (4, 8):
+                record("ablation", f"{name} @ {steps} steps", evaluate(domain, draw(model, steps, num, seed=1)))
+
+    # ---------------------------------------------------------------- cost of one iteration
+    trainer = DistillTrainer(config, load_pretrained(teacher_dir), train, out / "timing", progress=False)
+    results["iteration_cost"] = time_iteration(trainer, repeats=3 if args.quick else 10)
+
+    results["rows"] = [{"group": g, "name": n, **m} for g, n, m in rows]
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    cost = results["iteration_cost"]
+    print(f"\none iteration ({config.samples_per_iteration} student samples): {cost['iteration_s'] * 1e3:.1f} ms; "
+          f"floor {cost['floor_s'] * 1e3:.1f} ms (overhead {cost['overhead'] * 100:+.0f}%)")
+    for key, value in cost.items():
+        if key not in ("iteration_s", "floor_s", "overhead"):
+            print(f"    {key:<40} {value * 1e3:8.1f} ms")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

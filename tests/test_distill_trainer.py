@@ -1,0 +1,224 @@
+"""DiDi-Instruct engine: rollout log-probs, discriminator, trainer sign, exact resume, output layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from discdistill.checkpoint import load_pretrained
+from discdistill.config import model_config_from_preset
+from discdistill.diffusion import LogLinearSchedule, corrupt
+from discdistill.distill.config import DistillConfig
+from discdistill.distill.discriminator import DiTDiscriminator, load_discriminator, save_discriminator
+from discdistill.distill.losses import discriminator_accuracy, discriminator_loss
+from discdistill.distill.rollout import sample_tau, student_rollout
+from discdistill.distill.trainer import DistillTrainer, distill
+from discdistill.errors import ConfigError, DataError
+from discdistill.models import DiT
+
+V, L, MASK = 6, 8, 5
+
+
+def tiny_dit(seed: int = 0, blocks: int = 2) -> DiT:
+    torch.manual_seed(seed)
+    config = model_config_from_preset("tiny", vocab_size=V, mask_id=MASK, seq_len=L, hidden_size=32, n_heads=2,
+                                      cond_dim=16, n_blocks=blocks)
+    model = DiT(config)
+    with torch.no_grad():  # adaLN-zero starts at uniform logits; give the output some structure
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.3)
+    return model
+
+
+def tiny_config(**overrides) -> DistillConfig:
+    base = dict(iterations=4, warmup_steps=1, batch_rows=2, group_size=4, device="cpu", student_lr=1e-3,
+                disc_lr=1e-3, save_every=1000, disc_blocks=1)
+    return DistillConfig(**{**base, **overrides})
+
+
+def independent_log_prob(model, state, next_state):
+    """sum over positions masked in state and unmasked in next_state of log softmax(logits without mask)[token]."""
+    with torch.no_grad():
+        logits = model(state, torch.zeros(state.shape[0])).double()
+    logits[..., MASK] = -float("inf")
+    log_p = logits - torch.logsumexp(logits, -1, keepdim=True)
+    total = torch.zeros(state.shape[0], dtype=torch.float64)
+    for b in range(state.shape[0]):
+        for j in range(state.shape[1]):
+            if state[b, j] == MASK and next_state[b, j] != MASK:
+                total[b] += log_p[b, j, next_state[b, j]]
+    return total
+
+
+def test_rollout_log_prob_matches_independent_recomputation():
+    model = tiny_dit().eval()
+    gen = torch.Generator().manual_seed(3)
+    tau = sample_tau(16, 1.0, 1.0, 0.02, 0.98, gen)
+    r = student_rollout(model, tau, seq_len=L, mask_id=MASK, generator=gen)
+    assert r.x_fake.shape == (16, L) and not bool((r.x_fake == MASK).any())
+    z1 = torch.full((16, L), MASK)
+    assert torch.equal(r.steps[0].state, z1)
+    # positions unmasked by step 1 are kept by step 2
+    kept = r.z_tau != MASK
+    assert torch.equal(r.x_fake[kept], r.z_tau[kept])
+    assert torch.allclose(r.lp1.double(), independent_log_prob(model, z1, r.z_tau), atol=1e-4)
+    assert torch.allclose(r.lp2.double(), independent_log_prob(model, r.z_tau, r.x_fake), atol=1e-4)
+    assert torch.allclose(r.log_prob, r.lp1 + r.lp2)
+    # gradients reach the model through both steps
+    r.log_prob.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_rollout_unmask_fraction_follows_tau():
+    model = tiny_dit().eval()
+    gen = torch.Generator().manual_seed(0)
+    tau = torch.full((2000,), 0.25)
+    with torch.no_grad():
+        r = student_rollout(model, tau, seq_len=L, mask_id=MASK, generator=gen)
+    # P(unmasked at step 1) = (alpha_tau - alpha_1) / (1 - alpha_1) = 1 - tau (eps = 1e-3)
+    frac = float((r.z_tau != MASK).double().mean())
+    eps = 1e-3
+    expected = ((1 - (1 - eps) * 0.25) - eps) / (1 - eps)
+    assert frac == pytest.approx(expected, abs=0.01)
+    one = student_rollout(model, tau[:8], seq_len=L, mask_id=MASK, two_step=False, generator=gen)
+    assert one.z_tau is None and one.lp2 is None and not bool((one.x_fake == MASK).any())
+
+
+def test_discriminator_structure_and_save_load(tmp_path):
+    teacher = tiny_dit(blocks=3)
+    disc = DiTDiscriminator(teacher, trainable_blocks=2)
+    trainable = {n.split(".")[2] for n, p in disc.named_parameters() if p.requires_grad and n.startswith("trunk.")}
+    assert trainable == {"1", "2"}  # the last two blocks only
+    assert not disc.trunk.vocab_embed.embedding.requires_grad if hasattr(disc.trunk.vocab_embed, "embedding") else True
+    assert all(p.requires_grad for p in disc.head.parameters())
+    assert DiTDiscriminator(teacher, trainable_blocks=10).trainable_blocks == 3
+    z = torch.randint(0, V, (3, L))
+    out = disc.eval()(z, torch.rand(3))
+    assert out.shape == (3, L)
+    soft = torch.nn.functional.one_hot(z, V).float()
+    assert torch.allclose(disc(soft, torch.zeros(3)), disc(z, torch.zeros(3)), atol=1e-5)
+    save_discriminator(disc, tmp_path / "disc")
+    again = load_discriminator(tmp_path / "disc").eval()
+    assert torch.equal(again(z, torch.zeros(3)), disc(z, torch.zeros(3)))
+    assert any("parametrizations" in k for k in again.state_dict())
+
+
+def test_discriminator_separates_two_known_distributions():
+    """Real: a row repeats one token drawn from {0..3}; fake: i.i.d. uniform over {0..3}.
+
+    Both have the same unigram law, so telling them apart at a masked position needs the context.
+    """
+    torch.manual_seed(0)
+    disc = DiTDiscriminator(tiny_dit(), trainable_blocks=2).train()
+    opt = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=2e-3)
+    gen = torch.Generator().manual_seed(1)
+    schedule = LogLinearSchedule()
+
+    def batch(n):
+        real = torch.randint(0, 4, (n, 1), generator=gen).expand(n, L)
+        fake = torch.randint(0, 4, (n, L), generator=gen)
+        t = torch.rand(n, generator=gen) * 0.2 + 0.1  # most positions visible: the Bayes accuracy is ~1
+        alpha = schedule.alpha(t)
+        return corrupt(real, alpha, MASK, gen), corrupt(fake, alpha, MASK, gen), schedule.sigma(t)
+
+    for _ in range(50):
+        z_real, z_fake, sigma = batch(32)
+        logits = disc(torch.cat([z_real, z_fake]), torch.cat([sigma, sigma]))
+        loss = discriminator_loss(logits[:32], logits[32:], z_real == MASK, z_fake == MASK)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    disc.eval()
+    z_real, z_fake, sigma = batch(256)
+    with torch.no_grad():
+        acc_real, acc_fake = discriminator_accuracy(disc(z_real, sigma), disc(z_fake, sigma), z_real == MASK,
+                                                    z_fake == MASK)
+    assert float(acc_real + acc_fake) / 2 > 0.9
+
+
+class TokenZeroDiscriminator(torch.nn.Module):
+    """Stand-in: every position's logit is 4 x (fraction of token 0 among unmasked positions of its row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, sigma):
+        visible = (z != MASK).float()
+        frac = ((z == 0).float() * visible).sum(-1, keepdim=True) / visible.sum(-1, keepdim=True).clamp_min(1)
+        return (4 * frac + self.unused).expand(z.shape)
+
+
+def test_trainer_moves_the_student_towards_the_rewarded_token(tmp_path):
+    teacher = tiny_dit()
+    trainer = DistillTrainer(tiny_config(kl_weight=0.0, entropy_weight=0.0, student_lr=3e-3, iterations=12,
+                                         warmup_steps=0, batch_rows=4, student_grad_clip=10.0),
+                             teacher, torch.randint(0, V - 1, (32, L)), tmp_path, progress=False)
+    trainer.disc = TokenZeroDiscriminator()
+    trainer.opt_disc = torch.optim.SGD(trainer.disc.parameters(), lr=0.0)
+    trainer.sched_disc = torch.optim.lr_scheduler.LambdaLR(trainer.opt_disc, lambda _: 1.0)
+    all_mask = torch.full((1, L), MASK)
+
+    def p0():
+        with torch.no_grad():
+            return float(trainer.student(all_mask, torch.zeros(1))[..., :MASK].softmax(-1)[..., 0].mean())
+
+    before = p0()
+    records = [trainer.step() for _ in range(12)]
+    assert sum(r["reward_std"] > 0 for r in records) >= 10
+    assert p0() > before + 0.05
+
+
+def test_one_iteration_metrics_and_layout(tmp_path):
+    teacher = tiny_dit()
+    data = torch.randint(0, V - 1, (16, L))
+    out = distill(tiny_config(iterations=2, kl="jeffrey"), teacher, data, tmp_path / "run", progress=False)
+    assert out == tmp_path / "run" / "student"
+    student = load_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["extra"]["distill_config"]["kl"] == "jeffrey" and config["extra"]["iteration"] == 2
+    assert (tmp_path / "run" / "discriminator" / "discriminator.safetensors").is_file()
+    assert (tmp_path / "run" / "state" / "state.json").is_file()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for key in ("loss_disc", "acc_real", "acc_fake", "reward_mean", "reward_std", "adv_mean", "adv_std", "adv_min",
+                "adv_max", "kl_forward", "kl_reverse", "entropy", "grad_norm_student", "grad_norm_disc", "seconds"):
+        assert key in lines[0]
+    assert lines[0]["kl_forward"] >= 0 and lines[1]["kl"] > 0
+    assert student(torch.full((1, L), MASK), torch.zeros(1)).shape == (1, L, V)
+    with pytest.raises(ConfigError):  # refuses to overwrite a run without --resume
+        distill(tiny_config(iterations=2), teacher, data, tmp_path / "run", progress=False)
+    with pytest.raises(DataError):
+        distill(tiny_config(), teacher, torch.full((4, L), MASK), tmp_path / "bad", progress=False)
+
+
+def _params(trainer):
+    return {f"{name}.{k}": v.clone() for name, module in (("s", trainer.student), ("e", trainer.ema),
+                                                           ("d", trainer.disc))
+            for k, v in module.state_dict().items()}
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+    data = torch.randint(0, V - 1, (6, L))  # 6 rows, 2 per iteration: epochs turn over during the run
+    config = tiny_config(iterations=4)
+    full = DistillTrainer(config, tiny_dit(), data, tmp_path / "full", progress=False)
+    full.run()
+    first = DistillTrainer(config, tiny_dit(), data, tmp_path / "split", progress=False)
+    first.run(until=2)
+    torch.manual_seed(12345)  # disturb the global RNG: resume must restore it
+    second = DistillTrainer(config, tiny_dit(), data, tmp_path / "split", progress=False)
+    second.load()
+    assert second.iteration == 2
+    second.run()
+    a, b = _params(full), _params(second)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+    with pytest.raises(ConfigError):
+        other = DistillTrainer(tiny_config(iterations=4, student_lr=1.0), tiny_dit(), data, tmp_path / "split",
+                               progress=False)
+        other.load()

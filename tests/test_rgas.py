@@ -1,0 +1,95 @@
+"""Reward-guided ancestral sampling: valid samples, pass counts, the reward's effect, determinism, loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from discdistill.config import model_config_from_preset
+from discdistill.distill.config import RGASConfig
+from discdistill.distill.discriminator import DiTDiscriminator, save_discriminator
+from discdistill.distill.rgas import RGAS, load_rgas
+from discdistill.errors import CheckpointError
+from discdistill.models import DiT
+from discdistill.sampling import sample
+
+V, L, MASK = 6, 8, 5
+
+
+def tiny_dit(seed: int = 0) -> DiT:
+    torch.manual_seed(seed)
+    return DiT(model_config_from_preset("tiny", vocab_size=V, mask_id=MASK, seq_len=L, hidden_size=32, n_heads=2,
+                                        cond_dim=16, n_blocks=1)).eval()
+
+
+class LikesTokenZero(torch.nn.Module):
+    """Stand-in discriminator: the logit of a position is 3 x P(token 0) there (ids or soft input)."""
+
+    def forward(self, z, sigma):
+        probs = torch.nn.functional.one_hot(z, V).float() if z.dim() == 2 else z
+        return 3.0 * probs[..., 0]
+
+
+def uniform_denoiser(z, sigma):
+    return torch.zeros(*z.shape[:2], V)
+
+
+def test_rgas_samples_are_valid_and_passes_are_counted():
+    rule = RGAS(LikesTokenZero(), RGASConfig(candidates=4, rerank_ratio=0.5))
+    out = sample(uniform_denoiser, num_samples=16, seq_len=L, steps=4, mask_id=MASK, step_rule=rule,
+                 generator=torch.Generator().manual_seed(0))
+    assert out.ids.shape == (16, L) and out.nfe == 4
+    assert not bool((out.ids == MASK).any()) and int(out.ids.min()) >= 0
+    # 2 tilting steps (1 forward + 1 backward each), 2 re-ranking steps (M = 4 forwards each)
+    assert (rule.disc_forwards, rule.disc_backwards, rule.disc_passes) == (2 + 8, 2, 12)
+    rule.reset_counts()
+    sample(uniform_denoiser, num_samples=2, seq_len=L, steps=8, mask_id=MASK, step_rule=rule)
+    assert (rule.disc_forwards, rule.disc_backwards) == (4 + 16, 4)
+    assert rule.tilting_steps(1) == 0 and rule.tilting_steps(3) == 1
+
+
+@pytest.mark.parametrize("mode", ["tilt", "rerank", "both"])
+def test_a_reward_for_one_token_raises_its_frequency(mode):
+    ratio = {"tilt": 0.0, "rerank": 1.0, "both": 0.5}[mode]
+    rule = RGAS(LikesTokenZero(), RGASConfig(rerank_ratio=ratio, candidates=4))
+    kwargs = dict(num_samples=64, seq_len=L, steps=4, mask_id=MASK, generator=torch.Generator().manual_seed(1))
+    plain = sample(uniform_denoiser, **kwargs).ids
+    kwargs["generator"] = torch.Generator().manual_seed(1)
+    guided = sample(uniform_denoiser, step_rule=rule, **kwargs).ids
+    base, boosted = float((plain == 0).float().mean()), float((guided == 0).float().mean())
+    assert base == pytest.approx(1 / (V - 1), abs=0.05)
+    assert boosted > base + 0.1
+
+
+def test_tilt_gradient_is_zero_at_unmasked_positions_and_clamped():
+    rule = RGAS(LikesTokenZero(), RGASConfig(grad_clip=0.01))
+    from discdistill.sampling import StepContext
+
+    z = torch.tensor([[0, MASK, 2, MASK]])
+    logits = torch.zeros(1, 4, V)
+    ctx = StepContext(denoise=uniform_denoiser, mask_id=MASK, alpha_t=torch.tensor(0.5, dtype=torch.float64),
+                      alpha_s=torch.tensor(0.75, dtype=torch.float64), sigma_s=torch.tensor(0.3), index=0,
+                      num_steps=2, precision="float64", noise_removal="sample", generator=None)
+    tilted = rule.tilt(z, logits, ctx, h=10.0)
+    assert torch.equal(tilted[0, 0], logits[0, 0]) and torch.equal(tilted[0, 2], logits[0, 2])
+    shift = tilted[0, 1]
+    # d/dl_0 of 3 softmax(l)_0 at uniform l over 5 tokens = 3 p (1 - p) = 0.48 > 0.01 -> clamped to 0.01, x h = 0.1
+    assert float(shift[0]) == pytest.approx(0.1)
+    assert all(float(shift[v]) == pytest.approx(-0.1) for v in range(1, MASK))
+
+
+def test_rgas_uses_only_the_context_generator_and_a_real_discriminator(tmp_path):
+    disc = DiTDiscriminator(tiny_dit(), trainable_blocks=1)
+    save_discriminator(disc, tmp_path / "run" / "discriminator")
+    (tmp_path / "run" / "student").mkdir()
+    student = tiny_dit(1)
+    draws = []
+    for where in ("run", "run/student", "run/discriminator"):
+        rule = load_rgas(tmp_path / where)
+        torch.manual_seed(len(draws))  # the global RNG must not matter
+        draws.append(sample(student, num_samples=4, seq_len=L, steps=4, mask_id=MASK, step_rule=rule,
+                            generator=torch.Generator().manual_seed(7)).ids)
+        assert not bool((draws[-1] == MASK).any())
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[1], draws[2])
+    with pytest.raises(CheckpointError):
+        load_rgas(tmp_path / "nowhere")
