@@ -222,3 +222,28 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
         other = DistillTrainer(tiny_config(iterations=4, student_lr=1.0), tiny_dit(), data, tmp_path / "split",
                                progress=False)
         other.load()
+
+
+def test_tau_per_group_and_reward_options(tmp_path):
+    data = torch.randint(0, V - 1, (16, L))
+    trainer = DistillTrainer(tiny_config(tau_per_group=True, reward_corruptions=3, disc_warmup_steps=0), tiny_dit(),
+                             data, tmp_path, progress=False)
+    tau = trainer._tau(8)
+    assert torch.equal(tau[:4], tau[:1].expand(4)) and torch.equal(tau[4:], tau[4:5].expand(4))
+    assert trainer.sched_disc.get_last_lr()[0] == pytest.approx(trainer.config.disc_lr)  # no disc warm-up
+    record = trainer.step()
+    assert all(torch.isfinite(torch.tensor(v)) for v in record.values() if isinstance(v, float))
+
+
+def test_reward_fn_replaces_the_discriminator_reward(tmp_path):
+    seen = []
+
+    def reward_fn(x):
+        seen.append(x.clone())
+        return (x == 0).float().mean(-1)
+
+    trainer = DistillTrainer(tiny_config(), tiny_dit(), torch.randint(0, V - 1, (16, L)), tmp_path, progress=False,
+                             reward_fn=reward_fn)
+    record = trainer.step()
+    assert len(seen) == 1 and seen[0].shape == (8, L)
+    assert record["reward_mean"] == pytest.approx(float((seen[0] == 0).float().mean()))

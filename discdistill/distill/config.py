@@ -53,6 +53,10 @@ class DistillConfig(StrictModel):
     disc_blocks: int = Field(4, ge=0, description="Trainable last blocks of the discriminator (min(K, n_blocks)).")
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5, description="BCE targets 1 - s (real) and s (fake).")
     reward_clamp: float = Field(8.0, gt=0.0, description="Per-token log-odds reward clamped to [-c, c].")
+    reward_corruptions: int = Field(
+        1, gt=0, description="K: a sample's reward is averaged over K independent corruptions of x_fake at its "
+        "t (one batched no-grad discriminator pass; the first is the one the discriminator trained on). "
+        "1 = method.md. The corruption draw dominates the reward's variance on small models.")
     disc_lr: float = Field(1e-5, gt=0.0, description="Discriminator AdamW learning rate.")
     disc_grad_clip: float = Field(1.0, gt=0.0, description="Discriminator grad-norm clip.")
 

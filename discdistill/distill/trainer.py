@@ -29,6 +29,7 @@ import base64
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,14 @@ class DistillTrainer:
     """Holds the student (+ EMA), the frozen teacher, the discriminator, their optimisers, and the loop."""
 
     def __init__(self, config: DistillConfig, teacher: nn.Module, train_data: torch.Tensor | None,
-                 out_dir: str | Path, *, teacher_path: str | None = None, progress: bool = True) -> None:
+                 out_dir: str | Path, *, teacher_path: str | None = None, progress: bool = True,
+                 reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """``reward_fn`` (diagnostics only): x_fake [N, L] -> rewards [N] used *instead of* the
+        discriminator's (which still trains). With a domain's exact log-likelihood it gives the
+        policy-gradient machinery an oracle reward, separating "the student update works" from "the
+        density-ratio estimate is informative" (benchmarks/distill_synthetic.py)."""
         self.config = config
+        self.reward_fn = reward_fn
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.teacher_path = teacher_path
@@ -192,7 +199,14 @@ class DistillTrainer:
         # 4-5. rewards after the step (no grad, float32), advantages
         self.disc.eval()
         with torch.no_grad():
-            rewards = token_log_odds_reward(self.disc(z_fake, sigma_t), mask_fake, c.reward_clamp)
+            views = [z_fake] + [corrupt(x_fake, alpha, self.mask_id, self.generator)
+                                for _ in range(c.reward_corruptions - 1)]
+            z_views = torch.cat(views)
+            logits_views = self.disc(z_views, sigma_t.repeat(c.reward_corruptions))
+            rewards = token_log_odds_reward(logits_views, z_views == self.mask_id, c.reward_clamp)
+            rewards = rewards.reshape(c.reward_corruptions, n).mean(0)
+            if self.reward_fn is not None:
+                rewards = self.reward_fn(x_fake).to(device=self.device, dtype=torch.float32)
         adv = advantages(rewards, c.advantage_norm, c.group_size, c.advantage_clip)
         weights = omega(t, c.omega, c.omega_clamp, self.schedule)
         if c.importance_weight:
