@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     train, validation = domain.dataset("train", 32), domain.dataset("validation", 32)
     num = 64 if args.quick else args.samples
     results: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": sys.version.split()[0],
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "samples_per_row": num, "seq_len": 32, "domain": "markov (16 tokens, exact likelihood)",
         "expected_data_nll": domain.chain.expected_nll_per_token(32),

@@ -247,3 +247,12 @@ def test_reward_fn_replaces_the_discriminator_reward(tmp_path):
     record = trainer.step()
     assert len(seen) == 1 and seen[0].shape == (8, L)
     assert record["reward_mean"] == pytest.approx(float((seen[0] == 0).float().mean()))
+
+
+def test_rollout_step_with_nothing_masked():
+    from discdistill.distill.rollout import rollout_step
+
+    z = torch.randint(0, V - 1, (3, L))
+    step = rollout_step(tiny_dit(), z, 0.5, 1.0, torch.zeros(3), MASK)
+    assert torch.equal(step.next_state, z) and step.log_probs.shape == (0, V)
+    assert torch.equal(step.log_prob, torch.zeros(3))

@@ -100,7 +100,10 @@ def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float,
     log_probs = masked_log_probs(model, z, sigma, masked, mask_id)  # [m, V], with grad
     rows = masked.nonzero()[:, 0]
     with torch.no_grad():
-        tokens = sample_categorical(log_probs.detach().exp(), precision, generator)  # [m]
+        if log_probs.shape[0]:
+            tokens = sample_categorical(log_probs.detach().exp(), precision, generator)  # [m]
+        else:  # nothing left to unmask anywhere in the batch
+            tokens = torch.zeros(0, dtype=torch.long, device=z.device)
         unmask_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t))[rows]
         chosen_mask = sample_bernoulli(unmask_prob, precision, generator)  # [m]
         unmasked = torch.zeros_like(masked)

@@ -227,7 +227,8 @@ class DistillTrainer:
         self.iteration += 1
         return {
             "step": self.iteration,
-            "loss_student": float(loss.detach()), "loss_pg": float(loss_pg.detach()), "loss_disc": float(loss_disc.detach()),
+            "loss_student": float(loss.detach()), "loss_pg": float(loss_pg.detach()),
+            "loss_disc": float(loss_disc.detach()),
             "acc_real": float(acc_real), "acc_fake": float(acc_fake),
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if n > 1 else 0.0,
             "adv_mean": float(adv.mean()), "adv_std": float(adv.std()) if n > 1 else 0.0,
