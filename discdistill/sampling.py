@@ -49,7 +49,7 @@ def sample_categorical(probs: torch.Tensor, precision: Precision = "float64",
     flat = probs.reshape(-1, probs.shape[-1])
     uniforms = torch.rand(flat.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
     rows_per_chunk = max(1, _CDF_CHUNK_ELEMENTS // flat.shape[-1])
-    draws = []
+    draws = [torch.empty(0, 1, dtype=torch.long, device=probs.device)]  # zero rows: nothing to draw
     for start in range(0, flat.shape[0], rows_per_chunk):
         cdf = flat[start:start + rows_per_chunk].double().cumsum(-1)
         target = uniforms[start:start + rows_per_chunk] * cdf[:, -1:]
@@ -92,17 +92,26 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     P(stay m) = (1 - alpha_s) / (1 - alpha_t);  P(v) = p(x_0 = v | z_t) (alpha_s - alpha_t) / (1 - alpha_t).
     """
     masked = z == ctx.mask_id
-    log_p = subs_log_probs(logits, z, ctx.mask_id)
     if ctx.noise_removal == "argmax" and ctx.index == ctx.num_steps - 1:
+        log_p = subs_log_probs(logits, z, ctx.mask_id)
         return torch.where(masked, log_p.argmax(-1), z)  # alpha_s = 1: nothing stays masked
     if ctx.precision == "float32":
         # MDLM's joint draw over V tokens + "stay masked": reproduces its truncated tail exactly.
+        log_p = subs_log_probs(logits, z, ctx.mask_id)
         probs = posterior_probs(log_p, z, ctx.alpha_t.float(), ctx.alpha_s.float(), ctx.mask_id)
         return torch.where(masked, sample_categorical(probs, "float32", ctx.generator), z)
-    tokens = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
     stay_prob = (1.0 - ctx.alpha_s) / (1.0 - ctx.alpha_t)
-    stay = sample_bernoulli(stay_prob.expand(z.shape), ctx.precision, ctx.generator)
-    return torch.where(masked & ~stay, tokens, z)
+    unmask = masked & ~sample_bernoulli(stay_prob.expand(z.shape), ctx.precision, ctx.generator)
+    if z.is_cuda:  # static shapes: capturable in a CUDA graph, no host sync
+        tokens = sample_categorical(subs_log_probs(logits, z, ctx.mask_id).exp(), ctx.precision, ctx.generator)
+        return torch.where(unmask, tokens, z)
+    # CPU: a host sync is free, while a softmax and a float64 CDF over V at every position cost about
+    # two forwards of a small network; only the positions that unmask this step need a token.
+    where = unmask.nonzero(as_tuple=True)
+    log_p = subs_log_probs(logits[where], z[where], ctx.mask_id)
+    z_next = z.clone()
+    z_next[where] = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
+    return z_next
 
 
 @dataclass

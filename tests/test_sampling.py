@@ -125,3 +125,8 @@ def test_float32_sampling_truncates_the_tail_and_float64_does_not():
     expected = rows * tail * rate * batches  # 6
     assert 2 <= drawn["float64"] <= 14  # Poisson(6): within about 3 sigma
     assert drawn["float32"] == 0  # Poisson(~0.1)
+
+
+def test_sample_categorical_with_no_rows_draws_nothing():
+    draws = sample_categorical(torch.ones(0, 7))
+    assert draws.shape == (0,) and draws.dtype == torch.long
