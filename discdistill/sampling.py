@@ -3,8 +3,9 @@
     ids = sample(denoiser, num_samples=16, seq_len=128, steps=8, mask_id=V - 1).ids
 
 Per step: one denoiser pass, the ancestral posterior, a categorical draw, carry-over of unmasked
-positions. The time grid lives on the device and the few-step path has static shapes and no host
-synchronisation, so `ancestral_step` can be compiled and captured in a CUDA graph.
+positions. The time grid lives on the device and, on CUDA, the few-step path has static shapes and no
+host synchronisation, so `ancestral_step` can be compiled and captured in a CUDA graph. On CPU the
+categorical draw is made only at the positions that unmask (data-dependent shapes cost nothing there).
 
 Decisions (see docs/architecture.md):
 * The time grid is linspace(1, t_min, N + 1) and the *last* step goes to alpha_s = 1: every position
