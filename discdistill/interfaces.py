@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from discdistill.errors import DataError
+
 
 class Tokenizer(ABC):
     """Maps domain objects to ids and back. ``vocab_size`` includes the mask id."""
@@ -106,6 +108,9 @@ class Domain(ABC):
     default_preset: ClassVar[str] = "tiny"
     #: File suffix of `write_samples` output, e.g. ".txt" or ".fasta".
     sample_suffix: ClassVar[str] = ".txt"
+    #: Judge `discdistill eval` scores samples with when the user names none: "none" unless the
+    #: samples are natural language ("smollm2", see `discdistill.evaluation.judges.JUDGES`).
+    default_judge: ClassVar[str] = "none"
 
     @abstractmethod
     def tokenizer(self) -> Tokenizer: ...
@@ -134,6 +139,10 @@ class Domain(ABC):
     @abstractmethod
     def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
         """Write decoded samples in the domain's format; return the path written."""
+
+    def read_samples(self, path: Path) -> list[Any]:
+        """Domain objects from a file `write_samples` wrote (``discdistill eval --samples``). Optional."""
+        raise DataError(f"domain {self.name!r} cannot read sample files; evaluate a --checkpoint instead")
 
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """Domain-specific quality metrics of sampled ids against reference ids. Optional."""

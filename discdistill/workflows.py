@@ -88,11 +88,12 @@ class GenerationResult:
 
 def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: torch.device,
              time_conditioned: bool = False, step_rule: StepRule = ancestral_step,
-             initial_state: Any = None) -> GenerationResult:
+             initial_state: Any = None, on_batch: Callable[[int], None] | None = None) -> GenerationResult:
     """``config.num_samples`` samples in batches of ``config.batch_size`` with one seeded generator.
 
     ``initial_state(batch, seq_len, generator)`` (optional) gives a partly filled start state, e.g.
-    a protein domain's sampled-length prefill.
+    a protein domain's sampled-length prefill. ``on_batch(n)`` is called after each batch of n samples
+    (progress bars).
     """
     seq_len = config.seq_len or model.seq_len
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -111,6 +112,8 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
                      generator=generator, device=device, step_rule=step_rule, z_init=z_init)
         batches.append(out.ids.cpu())
         nfe = max(nfe, out.nfe)
+        if on_batch is not None:
+            on_batch(size)
     seconds = time.perf_counter() - tic
     return GenerationResult(torch.cat(batches), nfe, seconds)
 

@@ -154,6 +154,10 @@ class ProteinDomain(Domain):
                    for i, seq in enumerate(samples)]
         return write_fasta(records, path)
 
+    def read_samples(self, path: Path) -> list[str]:
+        """The sequences of a FASTA file (`write_samples` output); no nucleotide check on samples."""
+        return [r.sequence for r in read_fasta(path, strict=self.strict, check_nucleotide=False)]
+
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """Sequence metrics (see `discdistill_protein.metrics`) of decoded sample ids vs reference ids.
 

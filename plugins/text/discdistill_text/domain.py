@@ -39,6 +39,7 @@ class TextDomain(Domain):
     default_seq_len: ClassVar[int] = 128
     default_preset: ClassVar[str] = "tiny"
     sample_suffix: ClassVar[str] = ".jsonl"
+    default_judge: ClassVar[str] = "smollm2"  # `discdistill eval` scores text with the offline judge
 
     def tokenizer(self) -> GPT2BPETokenizer:
         return get_tokenizer()
@@ -52,6 +53,9 @@ class TextDomain(Domain):
 
     def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
         return write_samples(samples, path, metadata)
+
+    def read_samples(self, path: Path) -> list[str]:
+        return read_samples(path)
 
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """Mean per-sample unigram entropy (nats), EOS and mask fractions; the same for the reference."""
