@@ -1,0 +1,154 @@
+"""Generation speed side by side: the many-step teacher, the few-step student, autoregressive decoding.
+
+    python benchmarks/speed.py --preset tiny --seq-len 128 --batch 1 32 --out benchmarks/results/speed.json
+
+All networks have random weights (speed does not depend on them) and generate the same number of
+tokens (batch x seq_len) in one process, one after another, best of ``--repeats``:
+
+* teacher: the DiT at ``--teacher-steps`` (1024) steps, without and with the per-row cache;
+* student: the same DiT (a distilled student has the teacher's architecture) at 16 and 8 steps; the
+  floor of the few-step speed-up is the step ratio (64 and 128);
+* autoregressive: a GPT-2-architecture model of the same width, depth and vocabulary (transformers
+  ``GPT2LMHeadModel``), ``generate`` with its KV cache, sampling, exactly seq_len new tokens.
+
+The uncached teacher's per-step cost does not depend on the step count (static shapes), so where a
+full 1024-step run would take too long (``--extrapolate-above`` tokens per batch) it is timed over
+``--probe-steps`` steps and scaled; such rows say "extrapolated".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from discdistill.config import model_config_from_preset
+from discdistill.models import DiT
+from discdistill.sampling import sample
+
+V = 50258  # GPT-2 + mask
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return min(times)
+
+
+def build_dit(preset: str, seq_len: int) -> DiT:
+    model = DiT(model_config_from_preset(preset, vocab_size=V, mask_id=V - 1, seq_len=seq_len)).eval()
+    for p in model.parameters():  # non-degenerate logits
+        torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def build_autoregressive(dit: DiT, seq_len: int) -> torch.nn.Module:
+    """GPT-2 architecture with the DiT's width, depth, heads and vocabulary (GPT-2 ties its input and
+    output embeddings, the DiT does not, so it has fewer parameters; both counts are printed)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = dit.config
+    config = GPT2Config(vocab_size=V, n_positions=seq_len + 1, n_embd=c.hidden_size, n_layer=c.n_blocks,
+                        n_head=c.n_heads, bos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def diffusion_seconds(model: DiT, batch: int, seq_len: int, steps: int, cache: bool, repeats: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    return best_time(lambda: sample(model, num_samples=batch, seq_len=seq_len, steps=steps, mask_id=V - 1,
+                                    cache=cache, generator=generator), repeats)
+
+
+def autoregressive_seconds(model: torch.nn.Module, batch: int, seq_len: int, repeats: int) -> float:
+    prompt = torch.zeros(batch, 1, dtype=torch.long)  # one BOS token; seq_len new tokens follow
+    torch.manual_seed(0)
+    return best_time(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                            top_k=0, max_new_tokens=seq_len, min_new_tokens=seq_len,
+                                            use_cache=True), repeats)
+
+
+@torch.no_grad()
+def measure_batch(dit: DiT, ar: torch.nn.Module, batch: int, args: argparse.Namespace) -> list[dict]:
+    L, N, repeats = args.seq_len, args.teacher_steps, args.repeats
+    rows = []
+
+    def row(name: str, seconds: float, nfe: int | str, note: str = "") -> None:
+        rows.append({"generator": name, "batch": batch, "seq_len": L, "nfe": nfe, "seconds": seconds,
+                     "tokens_per_s": batch * L / seconds, "note": note})
+        print(f"{name:<28} {batch:>5} {L:>5} {str(nfe):>6} {seconds:>10.3f} {batch * L / seconds:>10.1f}  {note}",
+              flush=True)
+
+    if batch * L > args.extrapolate_above:
+        probe = diffusion_seconds(dit, batch, L, args.probe_steps, cache=False, repeats=1)
+        row(f"teacher {N} steps", probe * N / args.probe_steps, N, f"extrapolated from {args.probe_steps} steps")
+    else:
+        row(f"teacher {N} steps", diffusion_seconds(dit, batch, L, N, cache=False, repeats=1), N)
+    row(f"teacher {N} steps, cache", diffusion_seconds(dit, batch, L, N, cache=True, repeats=1), "<=N",
+        "rows that did not change skip the forward")
+    for steps in args.student_steps:
+        row(f"student {steps} steps", diffusion_seconds(dit, batch, L, steps, cache=False, repeats=repeats), steps)
+    row("autoregressive, KV cache", autoregressive_seconds(ar, batch, L, repeats), L, "GPT-2 architecture")
+    return rows
+
+
+def ratios(rows: list[dict], teacher_steps: int) -> list[dict]:
+    """Speed-ups of each student row over the teachers and the autoregressive model, per batch."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        by_name = {r["generator"]: r["seconds"] for r in rows if r["batch"] == batch}
+        for name, seconds in by_name.items():
+            if not name.startswith("student"):
+                continue
+            steps = int(name.split()[1])
+            out.append({"batch": batch, "student": name, "floor": teacher_steps / steps,
+                        "vs_teacher": by_name[f"teacher {teacher_steps} steps"] / seconds,
+                        "vs_teacher_cache": by_name[f"teacher {teacher_steps} steps, cache"] / seconds,
+                        "vs_autoregressive": by_name["autoregressive, KV cache"] / seconds})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--teacher-steps", type=int, default=1024)
+    parser.add_argument("--student-steps", nargs="+", type=int, default=[16, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--probe-steps", type=int, default=64)
+    parser.add_argument("--extrapolate-above", type=int, default=1024,
+                        help="Tokens per batch above which the uncached teacher is timed over --probe-steps.")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dit = build_dit(args.preset, args.seq_len)
+    ar = build_autoregressive(dit, args.seq_len)
+    params = {"dit": sum(p.numel() for p in dit.parameters()), "autoregressive": sum(p.numel() for p in ar.parameters())}
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__}
+    print(f"machine: {machine}; parameters: {params}")
+    print(f"{'generator':<28} {'batch':>5} {'L':>5} {'NFE':>6} {'seconds':>10} {'tokens/s':>10}")
+    rows = [r for batch in args.batch for r in measure_batch(dit, ar, batch, args)]
+    table = ratios(rows, args.teacher_steps)
+    print(f"\n{'batch':>5} {'student':<18} {'floor':>6} {'vs teacher':>11} {'vs cached':>10} {'vs AR':>7}")
+    for r in table:
+        print(f"{r['batch']:>5} {r['student']:<18} {r['floor']:>6.0f} {r['vs_teacher']:>11.1f} "
+              f"{r['vs_teacher_cache']:>10.1f} {r['vs_autoregressive']:>7.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "parameters": params, "args": vars(args) | {"out": str(args.out)},
+                                    "rows": rows, "ratios": table}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
