@@ -272,6 +272,33 @@ def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path
     click.echo(f"report written to {json_path} and {md_path}")
 
 
+@cli.command("plot")
+@click.argument("reports", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--metrics", "metrics_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A metrics.jsonl training log: plot its curves instead.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Image file to write (.png, .pdf, .svg).")
+def plot_command(reports: tuple[Path, ...], metrics_file: Path | None, out_file: Path) -> None:
+    """Plot eval reports (quality against NFE and wall time) or training curves. Needs matplotlib.
+
+    \b
+    REPORTS are eval.json files (or the folders holding them), one line each:
+      discdistill plot runs/eval-teacher runs/text-student/eval-ancestral --out quality.png
+      discdistill plot --metrics runs/text/metrics.jsonl --out curves.png
+    """
+    from discdistill.evaluation import plots
+    from discdistill.evaluation.report import EvalReport
+
+    if bool(reports) == (metrics_file is not None):
+        raise click.UsageError("give eval reports or --metrics FILE, not both and not neither")
+    if metrics_file is not None:
+        written = plots.plot_training(plots.read_metrics(metrics_file), out_file)
+    else:
+        loaded = [EvalReport.load(path) for path in reports]
+        written = plots.plot_quality(loaded, [str(path) for path in reports], out_file)
+    click.echo(f"plot written to {written}")
+
+
 @cli.command("import-mdlm")
 @click.argument("src")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))

@@ -322,3 +322,39 @@ def test_eval_user_errors_are_one_line(toy_plugin, tmp_path, monkeypatch, argv, 
     (tmp_path / "s.txt").write_text("0123\n")
     code, _, err = run(argv, capsys)
     assert code in (1, 2) and message in err and "Traceback" not in err
+
+
+def test_eval_protein_reports_domain_metrics_without_a_judge(tmp_path, capsys):
+    from discdistill.checkpoint import save_pretrained
+    from discdistill.config import model_config_from_preset
+    from discdistill.models import DiT
+
+    tokenizer = plugins.get_domain("protein").tokenizer()
+    save_pretrained(DiT(model_config_from_preset("tiny", vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                                                 seq_len=24)), tmp_path / "model")
+    code, stdout, err = run(["eval", "--domain", "protein", "--checkpoint", str(tmp_path / "model"), "--steps", "2",
+                             "--num-samples", "3", "--device", "cpu", "--out", str(tmp_path / "e"), "--quiet"], capsys)
+    assert code == 0, err
+    report = EvalReport.load(tmp_path / "e")
+    assert report.protocol.judge == "none" and report.rows[0].gen_ppl is None  # the domain's default judge
+    assert {"eos_rate", "length_wasserstein", "novelty"} <= set(report.rows[0].metrics)
+    assert (tmp_path / "e" / "samples-2steps-ancestral.fasta").read_text().count(">") == 3
+
+
+def test_plots_need_matplotlib_and_say_so(monkeypatch, tmp_path):
+    import sys
+
+    from discdistill.evaluation import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(plots.PlotError, match=r'pip install "discdistill\[plot\]"'):
+        plots.plot_quality([make_report()], ["r"], tmp_path / "q.png")
+
+
+def test_plots_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib")
+    from discdistill.evaluation import plots
+
+    assert plots.plot_quality([make_report()], ["r"], tmp_path / "q.png").stat().st_size > 1000
+    records = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0, "val_nll": 2.5}]
+    assert plots.plot_training(records, tmp_path / "c.png").stat().st_size > 1000
