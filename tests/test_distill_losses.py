@@ -18,6 +18,7 @@ from discdistill.distill.losses import (
     kl_terms,
     masked_entropy,
     omega,
+    quadrature_times,
     student_policy_loss,
     token_log_odds_reward,
 )
@@ -100,6 +101,15 @@ def test_token_log_odds_reward():
     r = token_log_odds_reward(logits, masked, clamp=8.0)
     assert r.dtype == torch.float32
     assert torch.allclose(r, torch.tensor([(1.0 + 8.0) / 2, 0.0]))
+    total = token_log_odds_reward(logits, masked, clamp=8.0, reduce="sum")
+    assert torch.allclose(total, torch.tensor([1.0 + 8.0, 0.0]))  # clamp(20) = 8, the unmasked -3 left out
+    with pytest.raises(ValueError):
+        token_log_odds_reward(logits, masked, reduce="max")
+
+
+def test_quadrature_times_are_midpoints():
+    assert torch.allclose(quadrature_times(4, 0.0, 1.0), torch.tensor([0.125, 0.375, 0.625, 0.875], dtype=torch.float64))
+    assert torch.allclose(quadrature_times(1, 0.2, 0.8), torch.tensor([0.5], dtype=torch.float64))
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -256,3 +256,50 @@ def test_rollout_step_with_nothing_masked():
     step = rollout_step(tiny_dit(), z, 0.5, 1.0, torch.zeros(3), MASK)
     assert torch.equal(step.next_state, z) and step.log_probs.shape == (0, V)
     assert torch.equal(step.log_prob, torch.zeros(3))
+
+
+def test_disc_steps_makes_k_optimiser_steps_and_one_schedule_step(tmp_path):
+    data = torch.randint(0, V - 1, (16, L))
+    trainer = DistillTrainer(tiny_config(disc_steps=3, disc_warmup_steps=0), tiny_dit(), data, tmp_path,
+                             progress=False)
+    trainer.step()
+    state = next(iter(trainer.opt_disc.state.values()))
+    assert int(state["step"]) == 3  # AdamW's own count
+    assert trainer.sched_disc.last_epoch == 1  # the schedule counts iterations
+
+
+class _RecordingDisc(torch.nn.Module):
+    """Stub discriminator: logit_j = 10 sigma + j (so the clamp bites), recording its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, z, sigma):
+        self.seen.append((z.clone(), sigma.clone()))
+        return 10 * sigma[:, None] + torch.arange(z.shape[1], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_reward_over_quadrature_times_matches_hand_average(tmp_path, reduce):
+    config = tiny_config(reward_times=2, reward_corruptions=3, reward_reduce=reduce, reward_time_range=(0.2, 0.8),
+                         reward_clamp=5.0)
+    trainer = DistillTrainer(config, tiny_dit(), torch.randint(0, V - 1, (16, L)), tmp_path, progress=False)
+    trainer.disc = _RecordingDisc()
+    x_fake = torch.randint(0, V - 1, (8, L))
+    rewards = trainer._rewards(x_fake, x_fake, torch.full((8,), 0.5))
+    (z, sigma), = trainer.disc.seen
+    assert z.shape == (2 * 3 * 8, L)
+    schedule = LogLinearSchedule()
+    expected_sigma = schedule.sigma(torch.tensor([0.35, 0.65], dtype=torch.float64)).float()
+    assert torch.allclose(sigma, expected_sigma.repeat_interleave(3 * 8))
+    assert bool(((z == MASK) | (z == x_fake.repeat(6, 1))).all())  # views are corruptions of x_fake
+    for i in range(8):
+        per_view = []
+        for v in range(6):
+            row = z[v * 8 + i]
+            values = [min(10 * float(sigma[v * 8 + i]) + j, 5.0) for j in range(L) if row[j] == MASK]
+            per_view.append(sum(values) if reduce == "sum" else (sum(values) / len(values) if values else 0.0))
+        assert float(rewards[i]) == pytest.approx(sum(per_view) / 6, rel=1e-5)
+    with pytest.raises(ValueError):
+        tiny_config(reward_time_range=(0.8, 0.2))

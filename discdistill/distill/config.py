@@ -58,6 +58,20 @@ class DistillConfig(StrictModel):
         1, gt=0, description="K: a sample's reward is averaged over K independent corruptions of x_fake at its "
         "t (one batched no-grad discriminator pass; the first is the one the discriminator trained on). "
         "1 = method.md. The corruption draw dominates the reward's variance on small models.")
+    reward_reduce: Literal["mean", "sum"] = Field(
+        "mean", description="How a sample's clamped per-token logits over its masked positions become one "
+        "reward: 'mean' (method.md) or 'sum' (a sequence-level log-ratio: more masked evidence counts more).")
+    reward_times: int = Field(
+        1, gt=0, description="M: 1 = the reward is read at the sample's own t (method.md); M > 1 = averaged over "
+        "the M midpoints of [tau_min, tau_max] split into equal parts, the same for every sample (a quadrature "
+        "of the integral over t; high-noise states keep the log-ratio out of saturation). Each t gets "
+        "reward_corruptions corruptions.")
+    reward_time_range: tuple[float, float] | None = Field(
+        None, description="[low, high] split by the reward_times quadrature (None: [tau_min, tau_max]). High "
+        "noise levels show few tokens, so the discriminator's log-odds stay in the range where they rank.")
+    disc_steps: int = Field(
+        1, gt=0, description="Discriminator AdamW steps per iteration (method.md: 1). Every step after the "
+        "first re-corrupts the same real rows and student samples at the same t with fresh masks.")
     disc_lr: float = Field(1e-5, gt=0.0, description="Discriminator AdamW learning rate.")
     disc_grad_clip: float = Field(1.0, gt=0.0, description="Discriminator grad-norm clip.")
 
@@ -95,11 +109,15 @@ class DistillConfig(StrictModel):
     bf16: bool = Field(True, description="bf16 autocast for network passes (CUDA only; ignored on CPU).")
     log_every: int = Field(10, gt=0, description="Progress-bar refresh period (metrics.jsonl gets every iteration).")
     save_every: int = Field(1000, gt=0, description="Checkpoint (student, discriminator, training state) period.")
+    keep_checkpoints: int = Field(2, gt=0, description="Training states kept (state/, state.1/, ...).")
+    max_nonfinite: int = Field(20, ge=0, description="Consecutive non-finite losses (each skipped) that stop the run.")
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
         if self.tau_min >= self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must be < tau_max ({self.tau_max})")
+        if self.reward_time_range is not None and not 0 < self.reward_time_range[0] < self.reward_time_range[1] < 1:
+            raise ValueError(f"reward_time_range must be 0 < low < high < 1, got {self.reward_time_range}")
         low, high = self.omega_clamp
         if not 0 < low <= high:
             raise ValueError(f"omega_clamp must be 0 < low <= high, got {self.omega_clamp}")

@@ -86,10 +86,21 @@ def discriminator_accuracy(logits_real: torch.Tensor, logits_fake: torch.Tensor,
     return _masked_mean((logits_real > 0).float(), mask_real), _masked_mean((logits_fake < 0).float(), mask_fake)
 
 
-def token_log_odds_reward(disc_logits: torch.Tensor, masked: torch.Tensor, clamp: float = 8.0) -> torch.Tensor:
-    """r_i = mean_{j masked in row i} clamp(logit_ij, -c, c) in float32 (0 for a row with no masked position) [B]."""
+def token_log_odds_reward(disc_logits: torch.Tensor, masked: torch.Tensor, clamp: float = 8.0,
+                          reduce: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """r_i = mean (or sum) over j masked in row i of clamp(logit_ij, -c, c), float32 (0 with nothing masked) [B]."""
     weight = masked.float()
-    return (disc_logits.float().clamp(-clamp, clamp) * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+    total = (disc_logits.float().clamp(-clamp, clamp) * weight).sum(-1)
+    if reduce == "sum":
+        return total
+    if reduce != "mean":
+        raise ValueError(f"unknown reward reduction {reduce!r}")
+    return total / weight.sum(-1).clamp_min(1.0)
+
+
+def quadrature_times(m: int, low: float, high: float) -> torch.Tensor:
+    """The m midpoints t_k = low + (k + 1/2) (high - low) / m, k = 0..m-1 (float64) [m]."""
+    return low + (torch.arange(m, dtype=torch.float64) + 0.5) * (high - low) / m
 
 
 @dataclass
