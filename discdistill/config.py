@@ -80,7 +80,9 @@ class SamplingConfig(StrictModel):
         "float64", description="Categorical sampling precision; float32 truncates the tail (lower entropy)."
     )
     noise_removal: Literal["sample", "argmax"] = "sample"
-    cache: bool = Field(False, description="Reuse a row's logits when it did not change (many-step teachers).")
+    cache: bool | None = Field(
+        None, description="Reuse a row's logits when it did not change: exact (same samples), pays off when "
+        "steps > seq_len. None: on exactly then, for time-unconditioned denoisers.")
     t_min: float = Field(1e-5, gt=0.0, lt=1.0, description="Last time of the grid linspace(1, t_min, N+1).")
     seed: int = 0
 

@@ -96,6 +96,8 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
     (progress bars).
     """
     seq_len = config.seq_len or model.seq_len
+    # The cache is exact; it saves forwards only when rows stay unchanged across steps (steps > length).
+    cache = config.cache if config.cache is not None else (not time_conditioned and config.steps > seq_len)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     batches, nfe = [], 0
     if device.type == "cuda":
@@ -108,7 +110,7 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
             z_init = z_init.to(device)
         out = sample(model, num_samples=size, seq_len=seq_len, steps=config.steps, mask_id=model.mask_id,
                      schedule=LogLinearSchedule(), precision=config.precision, noise_removal=config.noise_removal,
-                     cache=config.cache, time_conditioned=time_conditioned, t_min=config.t_min,
+                     cache=cache, time_conditioned=time_conditioned, t_min=config.t_min,
                      generator=generator, device=device, step_rule=step_rule, z_init=z_init)
         batches.append(out.ids.cpu())
         nfe = max(nfe, out.nfe)

@@ -130,3 +130,19 @@ def test_float32_sampling_truncates_the_tail_and_float64_does_not():
 def test_sample_categorical_with_no_rows_draws_nothing():
     draws = sample_categorical(torch.ones(0, 7))
     assert draws.shape == (0,) and draws.dtype == torch.long
+
+
+def test_generate_turns_the_exact_cache_on_only_when_steps_exceed_length(monkeypatch):
+    from discdistill import workflows
+    from discdistill.config import SamplingConfig
+
+    seen = []
+    real_sample = workflows.sample
+    monkeypatch.setattr(workflows, "sample", lambda *a, **kw: seen.append(kw["cache"]) or real_sample(*a, **kw))
+    model = type("Denoiser", (), {"seq_len": 5, "mask_id": MASK, "__call__": staticmethod(context_denoiser)})()
+    runs = {}
+    for steps, cache in [(64, None), (64, False), (4, None), (64, True)]:
+        config = SamplingConfig(steps=steps, num_samples=3, batch_size=3, cache=cache)
+        runs[steps, cache] = workflows.generate(model, config, device=torch.device("cpu")).ids
+    assert seen == [True, False, False, True]
+    assert torch.equal(runs[64, None], runs[64, False])  # exact: same samples for one seed

@@ -25,7 +25,7 @@ class EvalConfig(StrictModel):
     seq_len: int | None = Field(None, gt=0, description="Sample length; default the model's.")
     precision: Literal["float64", "float32"] = "float64"
     noise_removal: Literal["sample", "argmax"] = "sample"
-    cache: bool = False
+    cache: bool | None = Field(None, description="Per-row logits cache; None: on when steps > seq_len (exact).")
     t_min: float = Field(1e-5, gt=0.0, lt=1.0)
     seed: int = 0
     device: str = "auto"
