@@ -11,16 +11,22 @@ Layout of a training state (``save_training_state``)::
                             "schedulers": {...}, "files": {name: size}}
     DIR/tensors.safetensors  module weights, optimiser moments and RNG states under prefixed keys
 
-A directory is written next to its destination and renamed into place, so a crash never leaves a
-half-written checkpoint where a good one was. ``config.json``/``state.json`` record each file's size,
-so truncation is detected on load.
+A directory is written next to its destination (``.DIR.*.tmp``), fsynced and renamed into place, so
+a crash never leaves a half-written checkpoint where a good one was. Older training states are kept
+beside it, newest first: ``DIR``, ``DIR.1``, ..., ``DIR.{keep-1}`` (rotated by renames; every name that
+exists at any moment holds a complete checkpoint). ``config.json``/``state.json`` record each file's
+size, so truncation is detected on load, and `load_latest_training_state` falls back to the newest
+kept state that is intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from discdistill.config import ModelConfig, build
-from discdistill.errors import CheckpointError
+from discdistill.errors import CheckpointError, CorruptCheckpointError, StorageError
 
 FORMAT_VERSION = 1
 MODEL_CONFIG = "config.json"
@@ -71,29 +77,77 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-@contextmanager
-def atomic_directory(directory: str | Path) -> Iterator[Path]:
-    """Yield a fresh temp directory; on success it replaces ``directory`` (the old one is removed last)."""
+def kept_index(directory: Path, index: int) -> Path:
+    """The ``index``-th newest kept copy of ``directory``: DIR (0), DIR.1, DIR.2, ..."""
+    return directory if index == 0 else directory.with_name(f"{directory.name}.{index}")
+
+
+def kept_checkpoints(directory: str | Path) -> list[Path]:
+    """The existing kept copies of ``directory``, newest first (gaps, left by a crash mid-rotation, skipped)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    pattern = re.compile(rf"{re.escape(directory.name)}\.(\d+)")
+    indices = [int(m.group(1)) for p in directory.parent.glob(f"{directory.name}.*")
+               if (m := pattern.fullmatch(p.name)) and p.is_dir()] if directory.parent.is_dir() else []
+    return [kept_index(directory, i) for i in sorted(indices + ([0] if directory.is_dir() else []))]
+
+
+def _rotate_into_place(tmp: Path, directory: Path, keep: int) -> None:
+    """Shift DIR.i -> DIR.(i+1) (oldest first), move ``tmp`` to DIR, then drop copies beyond ``keep``.
+
+    Each step is one rename, so a kill at any moment leaves only complete checkpoints; the newest
+    committed one is the lowest index present. Deleting happens last, after the new one is in place.
+    """
+    old = kept_checkpoints(directory)
+    indices = [0 if p == directory else int(p.name.rsplit(".", 1)[1]) for p in old]
+    for index in sorted(indices, reverse=True):
+        os.replace(kept_index(directory, index), kept_index(directory, index + 1))
+    os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
+    for index in indices:
+        if index + 1 >= keep:
+            shutil.rmtree(kept_index(directory, index + 1), ignore_errors=True)
+
+
+def _remove_stale_temps(directory: Path, current: Path) -> None:
+    """Temp directories of writes killed half-way (SIGKILL, power loss): never a checkpoint, safe to drop."""
+    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):
+        if stale != current:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def storage_error(err: OSError, what: Path, intact: str = "") -> StorageError:
+    """A one-line, actionable message for an OSError met while writing ``what``."""
+    if err.errno == errno.ENOSPC:
+        return StorageError(f"disk full while writing {what}; free space and rerun{intact}")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"cannot write {what}: {err.strerror}; choose a writable output directory (--out)")
+    return StorageError(f"cannot write {what}: {err.strerror or err}{intact}")
+
+
+@contextmanager
+def atomic_directory(directory: str | Path, keep: int = 1) -> Iterator[Path]:
+    """Yield a fresh temp directory; on success it becomes ``directory`` and up to ``keep - 1`` older
+    copies are kept as DIR.1, DIR.2, ... . An OSError (disk full, permissions) becomes `StorageError`;
+    the previous checkpoint is untouched in that case."""
+    directory = Path(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise storage_error(err, directory) from err
     try:
         yield tmp
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        old = directory.with_name(f".{directory.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
+        _rotate_into_place(tmp, directory, keep)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            intact = f" (the previous {directory.name} is intact)" if directory.is_dir() else ""
+            raise storage_error(err, directory, intact) from err
         raise
+    _remove_stale_temps(directory, tmp)
 
 
 def _file_sizes(directory: Path, names: list[str]) -> dict[str, int]:
@@ -104,19 +158,21 @@ def _check_files(directory: Path, sizes: dict[str, int]) -> None:
     for name, size in sizes.items():
         file = directory / name
         if not file.is_file():
-            raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
+            raise CorruptCheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
         if file.stat().st_size != size:
-            raise CheckpointError(f"checkpoint {directory} is corrupt: {name} has {file.stat().st_size} bytes, "
+            raise CorruptCheckpointError(f"checkpoint {directory} is corrupt: {name} has {file.stat().st_size} bytes, "
                                   f"expected {size} (truncated write?)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise CheckpointError(f"{path.parent} is not a discdistill checkpoint ({path.name} not found)")
+        raise CorruptCheckpointError(f"{path.parent} is not a discdistill checkpoint ({path.name} not found)")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({err})") from err
+        raise CorruptCheckpointError(f"{path} is corrupt ({err})") from err
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{path} is corrupt (not a JSON object)")
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {version!r}; this discdistill reads up to "
@@ -128,7 +184,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({err})") from err
+        raise CorruptCheckpointError(f"{path} is corrupt or not a safetensors file ({err})") from err
 
 
 def _model_classes() -> dict[str, Callable[[ModelConfig], nn.Module]]:
@@ -230,8 +286,12 @@ def save_training_state(
     optimizers: dict[str, torch.optim.Optimizer],
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
     meta: dict[str, Any],
+    keep: int = 1,
 ) -> Path:
-    """Everything needed to resume exactly: weights, optimiser moments, schedules, RNG, ``meta`` (step...)."""
+    """Everything needed to resume exactly: weights, optimiser moments, schedules, RNG, ``meta`` (step...).
+
+    ``keep``: how many training states to keep (this one and ``keep - 1`` older, as DIR.1, DIR.2, ...).
+    """
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = _rng_tensors()
     for name, module in modules.items():
@@ -240,7 +300,7 @@ def save_training_state(
     for name, optimizer in optimizers.items():
         optim_tensors, optim_json[name] = _split_optimizer_state(name, optimizer.state_dict())
         tensors.update(optim_tensors)
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, keep) as tmp:
         save_file(_tensor_dict(tensors), str(tmp / STATE_TENSORS))
         state = {
             "format_version": FORMAT_VERSION,
@@ -269,8 +329,11 @@ def load_training_state(
     """Restore what `save_training_state` wrote (in place, RNG included); return ``meta``."""
     directory = Path(directory)
     state = _read_json(directory / STATE_JSON)
+    missing = {"meta", "optimizers", "schedulers", "files"} - set(state)
+    if missing:
+        raise CorruptCheckpointError(f"{directory / STATE_JSON} is corrupt (no {', '.join(sorted(missing))})")
     _check_files(directory, state["files"])
-    tensors = _load_tensors(directory / STATE_TENSORS)
+    tensors = _load_tensors(directory / STATE_TENSORS)  # everything is validated before anything is restored
     for name, module in modules.items():
         prefix = f"module/{name}/"
         module_state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -284,3 +347,38 @@ def load_training_state(
         scheduler.load_state_dict(state["schedulers"][name])
     _restore_rng(tensors)
     return state["meta"]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_latest_training_state(
+    directory: str | Path,
+    *,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
+    warn: Callable[[str], None] = _warn,
+) -> tuple[dict[str, Any], Path]:
+    """Restore the newest intact kept training state of ``directory``; return (meta, the one used).
+
+    A truncated or unparsable copy is skipped with a warning naming it and the copy used instead;
+    other problems (a newer format, a state from another model) are errors, never skipped.
+    """
+    directory = Path(directory)
+    candidates = kept_checkpoints(directory)
+    if not candidates:
+        raise CheckpointError(f"--resume: no checkpoint in {directory}; start without --resume")
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            meta = load_training_state(path, modules=modules, optimizers=optimizers, schedulers=schedulers)
+        except CorruptCheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            warn(f"{'; '.join(problems)}; resuming from the previous good checkpoint {path}")
+        return meta, path
+    raise CorruptCheckpointError(f"no intact checkpoint to resume from: {'; '.join(problems)}; "
+                                 "start again without --resume (or with a new --out)")

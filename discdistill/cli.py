@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import click
 
 from discdistill import plugins
 from discdistill.config import PretrainConfig, SamplingConfig, build, load_config
+from discdistill.distributed import shutdown, world_from_env
 from discdistill.errors import DiscdistillError
 from discdistill.training import resolve_device
 
@@ -45,7 +48,11 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="discdistill")
-def cli() -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run the command in N processes on this machine: re-launches it under "
+                   "`torchrun --standalone --nproc-per-node N` (docs/operations.md).")
+@click.pass_context
+def cli(ctx: click.Context, nproc: int | None) -> None:
     """Distil masked discrete diffusion models into few-step students (DiDi-Instruct).
 
     \b
@@ -53,6 +60,11 @@ def cli() -> None:
       discdistill pretrain --domain text --out runs/text
       discdistill sample   --domain text --checkpoint runs/text --steps 64
     """
+    if nproc is not None and "WORLD_SIZE" not in os.environ:  # not already under torchrun
+        from discdistill.distributed import torchrun_command
+
+        args = ctx.obj["argv"] if ctx.obj else sys.argv[1:]
+        sys.exit(subprocess.call(torchrun_command(nproc, args)))
 
 
 @cli.command()
@@ -98,7 +110,8 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
     target = plugins.get_domain(domain)
     out_dir = out_dir or Path("runs") / domain
     model_dir = pretrain_domain(target, config, out_dir, source=data, resume=resume, progress=not quiet)
-    click.echo(f"teacher saved to {model_dir}")
+    if world_from_env()[0] == 0:
+        click.echo(f"teacher saved to {model_dir}")
 
 
 @cli.command()
@@ -113,7 +126,7 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
               help="Categorical sampling precision. float32 truncates the tail and lowers entropy.")
 @click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
               help="How the last step fills positions still masked.")
-@click.option("--cache/--no-cache", default=None, help="Reuse logits of unchanged rows (many-step teachers).")
+@click.option("--cache/--no-cache", default=None, help="Reuse logits of unchanged rows: exact, same samples [auto: on when steps > length].")
 @click.option("--seed", type=int, default=None, help="Sampling seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -198,7 +211,8 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
     train_data = target.dataset("train", teacher_model.seq_len, data) if config.positives == "data" else None
     out_dir = out_dir or Path("runs") / f"{domain}-student"
     student_dir = distill(config, teacher_dir, train_data, out_dir, resume=resume, progress=not quiet)
-    click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
+    if world_from_env()[0] == 0:
+        click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
 
 
@@ -317,8 +331,9 @@ def import_mdlm_command(src: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit 1 (no traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="discdistill", standalone_mode=False)
+        cli.main(args=args, prog_name="discdistill", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -326,11 +341,17 @@ def main(argv: list[str] | None = None) -> None:
         err.show()
         sys.exit(err.exit_code)
     except DiscdistillError as err:
-        click.echo(f"error: {err}", err=True)
+        rank, world_size, _ = world_from_env()
+        click.echo(f"error{f' (rank {rank})' if world_size > 1 else ''}: {err}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as err:  # a file the user named or an output location: their environment, not a bug
+        click.echo(f"error: {err.strerror or err}: {err.filename or ''}", err=True)
+        sys.exit(1)
+    finally:
+        shutdown()  # torchrun expects every rank to leave its process group
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(hidden_size=768, n_blocks=12, n_heads=12, cond_dim=128, dropout=0.1),
     "medium": dict(hidden_size=1024, n_blocks=24, n_heads=16, cond_dim=128, dropout=0.1),
 }
+#: Presets that `parallel = "auto"` shards with FSDP under torchrun (replicas of these get large).
+FSDP_PRESETS = frozenset({"medium"})
 
 
 def model_config_from_preset(preset: str, **fields: Any) -> ModelConfig:
@@ -108,11 +110,20 @@ class PretrainConfig(StrictModel):
     log_every: int = Field(10, gt=0)
     seed: int = 0
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimiser step and rank; batch_size is the "
+                            "global batch, split over grad_accum x world size micro-batches.")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="Under torchrun: 'ddp' (replicated weights), 'fsdp' (sharded), 'auto' (FSDP for "
+        "presets with FSDP_PRESETS, else DDP). Ignored in a single process.")
+    keep_checkpoints: int = Field(2, gt=0, description="Training states kept (checkpoint/, checkpoint.1/, ...).")
+    max_nonfinite: int = Field(20, ge=0, description="Consecutive non-finite losses (each skipped) that stop the run.")
 
     @model_validator(mode="after")
     def _check_preset(self) -> PretrainConfig:
         if self.model_preset not in MODEL_PRESETS:
             raise ValueError(f"unknown preset {self.model_preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         return self
 
 
@@ -143,6 +154,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
             return json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path} ({getattr(err, 'strerror', None) or err})") from err
     raise ConfigError(f"config file {path} must end in .toml or .json")
 
 

@@ -29,3 +29,15 @@ class DataError(DiscdistillError):
 
 class ModelMismatchError(DiscdistillError):
     """A model does not fit the domain (vocabulary size, sequence length, mask id)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files are missing, truncated or unparsable (an older kept one may still be good)."""
+
+
+class StorageError(DiscdistillError):
+    """An output cannot be written: the directory is not writable or the disk is full."""
+
+
+class NumericalError(DiscdistillError):
+    """Training produced non-finite losses for too many consecutive steps."""

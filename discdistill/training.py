@@ -11,22 +11,26 @@ Output directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from discdistill.checkpoint import load_training_state, save_pretrained, save_training_state
-from discdistill.config import PretrainConfig, model_config_from_preset
+from discdistill.checkpoint import load_latest_training_state, save_pretrained, save_training_state, storage_error
+from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_preset
 from discdistill.data import EpochBatches
-from discdistill.diffusion import LogLinearSchedule, antithetic_times, corrupt, mdlm_loss_at_masked
-from discdistill.errors import CheckpointError, DataError, DiscdistillError
+from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked
+from discdistill.distributed import DistContext, init_distributed
+from discdistill.errors import CheckpointError, DataError, DiscdistillError, NumericalError
 from discdistill.models import DiT
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
@@ -78,29 +82,62 @@ def build_teacher(config: PretrainConfig, vocab_size: int, mask_id: int, seq_len
     return DiT(model_config)
 
 
+class ElboObjective(nn.Module):
+    """The MDLM ELBO of a batch as a module's ``forward``, given its noise (t [B], uniforms u [B, L]).
+
+    DDP and FSDP act on ``forward`` calls, not on `DiT.logits_at`, so the loss runs inside one;
+    taking the noise as input lets every world size draw the same noise for the same global batch.
+    """
+
+    def __init__(self, model: DiT, schedule: LogLinearSchedule, time_conditioned: bool) -> None:
+        super().__init__()
+        self.model, self.schedule, self.time_conditioned = model, schedule, time_conditioned
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        mask_id = self.model.mask_id
+        z = torch.where(u < self.schedule.alpha(t).reshape(-1, 1), x, torch.full_like(x, mask_id))
+        sigma = self.schedule.sigma(t) if self.time_conditioned else torch.zeros_like(t)
+        masked = z == mask_id
+        return mdlm_loss_at_masked(self.model.logits_at(z, sigma, masked), x, masked, t, self.schedule, mask_id)
+
+
+def draw_noise(rows: int, seq_len: int, t_min: float, device: torch.device,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(antithetic t [rows], corruption uniforms u [rows, seq_len]) for one batch, in that order."""
+    t = antithetic_times(rows, device, generator, t_min=t_min)
+    return t, torch.rand((rows, seq_len), device=device, generator=generator)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The noise of global step ``step``: a pure function of (seed, step), so resume and any world
+    size see the same draws without saving generator state."""
+    return torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + step) % 2**63)
+
+
 def diffusion_loss(model: DiT, x: torch.Tensor, schedule: LogLinearSchedule, t_min: float, time_conditioned: bool,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """One Monte-Carlo estimate of the MDLM ELBO per token on the batch ``x`` (antithetic t)."""
-    t = antithetic_times(x.shape[0], x.device, generator, t_min=t_min)
-    z = corrupt(x, schedule.alpha(t), model.mask_id, generator)
-    sigma = schedule.sigma(t) if time_conditioned else torch.zeros_like(t)
-    masked = z == model.mask_id
-    return mdlm_loss_at_masked(model.logits_at(z, sigma, masked), x, masked, t, schedule, model.mask_id)
+    t, u = draw_noise(x.shape[0], x.shape[1], t_min, x.device, generator)
+    return ElboObjective(model, schedule, time_conditioned)(x, t, u)
 
 
 @torch.no_grad()
-def validation_nll(model: DiT, data: torch.Tensor, config: PretrainConfig, device: torch.device) -> float:
-    """ELBO NLL per token (nats) on fixed validation batches with fixed noise: comparable across evals."""
-    was_training = model.training
-    model.eval()
+def validation_nll(objective: nn.Module, data: torch.Tensor, config: PretrainConfig, device: torch.device) -> float:
+    """ELBO NLL per token (nats) on fixed validation batches with fixed noise: comparable across evals.
+
+    ``objective`` is the (possibly DDP/FSDP-wrapped) `ElboObjective`; every rank runs the same batches
+    (FSDP needs all ranks in each forward) and gets the same number.
+    """
+    was_training = objective.training
+    objective.eval()
     generator = torch.Generator(device=device).manual_seed(config.seed + 12345)
-    schedule = LogLinearSchedule(config.schedule.eps)
     total = 0.0
     batches = [data[i:i + config.batch_size] for i in range(0, len(data), config.batch_size)][:config.eval_batches]
     for batch in batches:
-        loss = diffusion_loss(model, batch.to(device).long(), schedule, config.t_min, config.time_conditioned, generator)
-        total += loss.item() * len(batch)
-    model.train(was_training)
+        x = batch.to(device).long()
+        t, u = draw_noise(x.shape[0], x.shape[1], config.t_min, device, generator)
+        total += objective(x, t, u).item() * len(batch)
+    objective.train(was_training)
     return total / sum(len(b) for b in batches)
 
 
@@ -126,6 +163,126 @@ class MetricsLog:
         self.handle.close()
 
 
+#: Config fields that may differ between a run and its resume: they do not change the numbers
+#: (grad_accum and parallel change only how the same global batch is computed, up to float rounding).
+_RESUMABLE_CHANGES = frozenset({"log_every", "save_every", "eval_every", "device", "grad_accum", "parallel",
+                                "keep_checkpoints", "max_nonfinite"})
+
+
+def check_resumable(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -> None:
+    """Refuse to resume with settings that would change the numbers (data, model, optimisation)."""
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise CheckpointError(f"--resume: {out_dir} was trained with different settings ({', '.join(changed)}); "
+                              "use the same options or a new --out directory")
+
+
+class NonfiniteGuard:
+    """Counts steps skipped for a non-finite loss; more than ``limit`` in a row stop the run."""
+
+    def __init__(self, limit: int, skipped: int = 0, streak: int = 0) -> None:
+        self.limit, self.skipped, self.streak = limit, skipped, streak
+
+    def update(self, finite: bool, step: int, checkpoint_dir: Path) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.skipped, self.streak = self.skipped + 1, self.streak + 1
+        if self.streak > self.limit:
+            raise NumericalError(
+                f"the loss was non-finite for {self.streak} consecutive steps (up to step {step}); stopped without "
+                f"saving: the last good checkpoint is in {checkpoint_dir}. Lower the learning rate, check the "
+                "data, or raise max_nonfinite")
+
+    def state(self) -> dict[str, int]:
+        return {"nonfinite_skipped": self.skipped, "nonfinite_streak": self.streak}
+
+
+def parallel_mode(config: PretrainConfig, ctx: DistContext) -> str:
+    """'single' outside torchrun, else config.parallel with 'auto' resolved by model size."""
+    if not ctx.distributed:
+        return "single"
+    if config.parallel == "auto":
+        return "fsdp" if config.model_preset in FSDP_PRESETS else "ddp"
+    return config.parallel
+
+
+def wrap_objective(objective: ElboObjective, mode: str, ctx: DistContext) -> nn.Module:
+    """DDP (replicas, gradients all-reduced) or FSDP (each block and the rest sharded over ranks)."""
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in objective.model.blocks:
+            fully_shard(block)
+        fully_shard(objective)
+    return objective
+
+
+def accumulate_gradients(objective: nn.Module, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor,
+                         ctx: DistContext, accum: int) -> float:
+    """Forward/backward this rank's ``accum`` micro-batches of the global batch; return its mean loss.
+
+    Each micro-loss is divided by ``accum`` and DDP/FSDP average over ranks, so the gradient is the
+    mean over all W x A micro-batches: the whole-batch gradient. DDP syncs on the last micro-step only.
+    """
+    total = torch.zeros((), device=x.device)
+    for part in range(accum):
+        rows = ctx.shard(len(x), accum, part)
+        skip_sync = part < accum - 1 and hasattr(objective, "no_sync")
+        with objective.no_sync() if skip_sync else contextlib.nullcontext():
+            loss = objective(x[rows], t[rows], u[rows]) / accum
+            loss.backward()
+        total += loss.detach()
+    return float(ctx.mean(total))
+
+
+def full_state_dicts(objective: nn.Module, optimizer: torch.optim.Optimizer, mode: str
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model's and optimiser's complete state dicts (DiT names, parameter indices), on every rank.
+
+    Under FSDP the shards are gathered (a collective: every rank must call this).
+    """
+    if mode != "fsdp":
+        return objective_model(objective).state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(objective, optimizer, options=StateDictOptions(full_state_dict=True))
+    names = [name for name, _ in objective.named_parameters()]
+    strip = len("model.")
+    return {k[strip:]: v for k, v in model_sd.items()}, _optimizer_by_index(optim_sd, names)
+
+
+def _optimizer_by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An FQN-keyed optimiser state dict (torch.distributed.checkpoint) -> torch's index-keyed layout."""
+    index = {name: i for i, name in enumerate(names)}
+    groups = [{**g, "params": [index[p] for p in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[k]: v for k, v in state["state"].items()}, "param_groups": groups}
+
+
+def _optimizer_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    groups = [{**g, "params": [names[p] for p in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[int(k)]: v for k, v in state["state"].items()}, "param_groups": groups}
+
+
+def objective_model(objective: nn.Module) -> DiT:
+    """The DiT inside a (possibly DDP-wrapped) `ElboObjective`."""
+    return getattr(objective, "module", objective).model
+
+
+class _StateView:
+    """Presents a gathered full state dict to `save_training_state`, which only calls ``state_dict()``."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
 def pretrain(
     config: PretrainConfig,
     train: torch.Tensor,
@@ -137,72 +294,130 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    ctx: DistContext | None = None,
 ) -> Path:
-    """Train a DiT teacher on ``train`` blocks [N, L]; return the saved model directory (OUT/model)."""
+    """Train a DiT teacher on ``train`` blocks [N, L]; return the saved model directory (OUT/model).
+
+    Under torchrun (or with an explicit ``ctx``) the global batch ``config.batch_size`` is sharded
+    over ranks (discdistill.distributed); rank 0 logs and writes. Results do not depend on the world
+    size or on ``grad_accum`` beyond float rounding (with dropout 0; dropout masks differ per shard).
+    """
     out_dir = Path(out_dir)
     if train.dim() != 2 or len(train) == 0:
         raise DataError("the training set is empty: no full block of tokens could be built from the input")
     if len(validation) == 0:
         raise DataError("the validation set is empty: provide more data or a shorter --seq-len")
-    device = resolve_device(config.device)
+    ctx = ctx or init_distributed(config.device)
+    ctx.shard(config.batch_size, config.grad_accum)  # refuse an uneven split before any work
+    if ctx.is_main:
+        ensure_writable(out_dir)
+    device, mode = ctx.device, parallel_mode(config, ctx)
     torch.manual_seed(config.seed)
     seq_len = train.shape[1]
     model = build_teacher(config, vocab_size, mask_id, seq_len).to(device)
+    schedule = LogLinearSchedule(config.schedule.eps)
+    objective = ElboObjective(model, schedule, config.time_conditioned)
     optimizer = make_adamw(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.steps)
-    schedule = LogLinearSchedule(config.schedule.eps)
-    batches = EpochBatches(len(train), config.batch_size, config.seed)
+    guard = NonfiniteGuard(config.max_nonfinite)
     start = 0
     if resume:
-        if not (out_dir / STATE_DIR).exists():
-            raise CheckpointError(f"--resume: no checkpoint in {out_dir / STATE_DIR}; start without --resume")
-        meta = load_training_state(out_dir / STATE_DIR, modules={"model": model}, optimizers={"model": optimizer},
-                                   schedulers={"model": scheduler})
-        if meta["config"] != config.model_dump():
-            raise CheckpointError(f"--resume: {out_dir} was trained with a different configuration; "
-                                  "use the same options or a new --out directory")
+        meta, _ = load_latest_training_state(out_dir / STATE_DIR, modules={"model": model},
+                                             optimizers={"model": optimizer}, schedulers={"model": scheduler})
+        check_resumable(meta["config"], config.model_dump(), out_dir)
         start = meta["step"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out_dir / METRICS_FILE, start_step=start)
+        guard = NonfiniteGuard(config.max_nonfinite, meta.get("nonfinite_skipped", 0), meta.get("nonfinite_streak", 0))
+    if mode == "fsdp":  # sharding replaces the parameters: rebuild the optimiser over the shards
+        optim_state = optimizer.state_dict()
+        wrapped = wrap_objective(objective, mode, ctx)
+        optimizer, scheduler = _fsdp_optimizer(wrapped, optim_state, scheduler, config, resume)
+    else:
+        wrapped = wrap_objective(objective, mode, ctx)
+    batches = EpochBatches(len(train), config.batch_size, config.seed)
+    log = MetricsLog(out_dir / METRICS_FILE, start_step=start) if ctx.is_main else None
 
     def checkpoint(step: int) -> None:
-        save_training_state(out_dir / STATE_DIR, modules={"model": model}, optimizers={"model": optimizer},
-                            schedulers={"model": scheduler}, meta={"step": step, "config": config.model_dump()})
+        model_sd, optim_sd = full_state_dicts(wrapped, optimizer, mode)  # a collective under FSDP
+        ctx.on_main(lambda: save_training_state(
+            out_dir / STATE_DIR, modules={"model": _StateView(model_sd)}, optimizers={"model": _StateView(optim_sd)},
+            schedulers={"model": scheduler}, meta={"step": step, "config": config.model_dump(), **guard.state()},
+            keep=config.keep_checkpoints))
 
-    model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain", disable=not progress)
+    wrapped.train()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain",
+               disable=not (progress and ctx.is_main))
     stop = StopRequest()
-    with stop:
-        for step in bar:
-            tic = time.perf_counter()
-            x = train[batches.indices(step)].to(device).long()  # memory-mapped corpora may be uint16
-            loss = diffusion_loss(model, x, schedule, config.t_min, config.time_conditioned)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = clip_grad_norm_finite_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            done, loss_value = step + 1, loss.item()
-            if done % config.log_every == 0 or done == config.steps:
-                record = {"step": done, "loss": loss_value, "grad_norm": grads.norm, "nonfinite_grad": grads.nonfinite,
-                          "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
-                if done % config.eval_every == 0 or done == config.steps:
-                    record["val_nll"] = validation_nll(model, validation, config, device)
-                    record["val_ppl_bound"] = math.exp(record["val_nll"])
-                    bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
-                              f"nats/token (PPL <= {record['val_ppl_bound']:.1f})")
-                log.write(record)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-            if stop.requested:
-                checkpoint(done)
-                log.close()
-                raise TrainingInterrupted(f"interrupted at step {done}: checkpoint saved in {out_dir / STATE_DIR}; "
-                                          "continue with --resume")
-            if done % config.save_every == 0 and done < config.steps:
-                checkpoint(done)
-    log.close()
-    bar.close()
+    try:
+        with stop:
+            for step in bar:
+                tic = time.perf_counter()
+                torch.manual_seed((config.seed * 0x9E3779B1 + step) % 2**63 + ctx.rank)  # dropout: a function of step
+                x = train[batches.indices(step)].to(device).long()  # memory-mapped corpora may be uint16
+                t, u = draw_noise(len(x), seq_len, config.t_min, device, step_generator(config.seed, step, device))
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = accumulate_gradients(wrapped, x, t, u, ctx, config.grad_accum)
+                finite = math.isfinite(loss_value)  # the mean over ranks: all ranks agree
+                grads = clip_grad_norm_finite_(model.parameters(), config.grad_clip)
+                if finite:
+                    optimizer.step()
+                scheduler.step()  # the schedule follows the step index, skipped or not
+                done = step + 1
+                guard.update(finite, done, out_dir / STATE_DIR)
+                if done % config.log_every == 0 or done == config.steps:
+                    record = {"step": done, "loss": loss_value, "grad_norm": grads.norm,
+                              "nonfinite_grad": grads.nonfinite, "nonfinite_skipped": guard.skipped,
+                              "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
+                    if done % config.eval_every == 0 or done == config.steps:
+                        record["val_nll"] = validation_nll(wrapped, validation, config, device)
+                        record["val_ppl_bound"] = math.exp(record["val_nll"])
+                        if ctx.is_main:
+                            bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
+                                      f"nats/token (PPL <= {record['val_ppl_bound']:.1f})")
+                    if log is not None:
+                        log.write(record)
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+                if ctx.any(stop.requested):
+                    checkpoint(done)
+                    raise TrainingInterrupted(f"interrupted at step {done}: checkpoint saved in "
+                                              f"{out_dir / STATE_DIR}; continue with --resume")
+                if done % config.save_every == 0 and done < config.steps:
+                    checkpoint(done)
+    finally:
+        if log is not None:
+            log.close()
+        bar.close()
     checkpoint(config.steps)
     info = {"steps": config.steps, "config": config.model_dump(), "time_conditioned": config.time_conditioned,
-            "val_nll": validation_nll(model, validation, config, device)}
-    return save_pretrained(model, out_dir / MODEL_DIR, extra={**info, **(extra or {})})
+            "val_nll": validation_nll(wrapped, validation, config, device)}
+    model_sd, _ = full_state_dicts(wrapped, optimizer, mode)
+    if ctx.is_main:
+        final = build_teacher(config, vocab_size, mask_id, seq_len)
+        final.load_state_dict(model_sd)
+        save_pretrained(final, out_dir / MODEL_DIR, extra={**info, **(extra or {})})
+    ctx.barrier()
+    return out_dir / MODEL_DIR
+
+
+def _fsdp_optimizer(objective: nn.Module, state: dict[str, Any], scheduler: Any, config: PretrainConfig,
+                    resume: bool) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over FSDP's sharded parameters; on resume, the loaded (full) state is scattered into it."""
+    optimizer = make_adamw(objective.parameters(), config.lr, weight_decay=config.weight_decay)
+    new_scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.steps)  # sets initial_lr first
+    if resume:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = [name for name, _ in objective.named_parameters()]
+        set_optimizer_state_dict(objective, optimizer, _optimizer_by_name(state, names),
+                                 options=StateDictOptions(full_state_dict=True))
+    new_scheduler.load_state_dict(scheduler.state_dict())
+    return optimizer, new_scheduler
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Fail before training, not at the first checkpoint, when ``out_dir`` cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise storage_error(err, out_dir) from err

@@ -9,7 +9,7 @@ from discdistill.checkpoint import (
     load_pretrained, load_training_state, save_pretrained, save_training_state,
 )
 from discdistill.config import model_config_from_preset
-from discdistill.errors import CheckpointError
+from discdistill.errors import CheckpointError, StorageError
 from discdistill.models import DiT
 from discdistill.optim import make_adamw, warmup_linear_decay
 
@@ -37,7 +37,7 @@ def test_overwrite_is_atomic_when_saving_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("discdistill.checkpoint.save_file", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match=r"disk full while writing .*m; free space .* previous m is intact"):
         save_pretrained(tiny_model(1), tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before  # the good one survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp directory left behind

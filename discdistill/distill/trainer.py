@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discdistill.checkpoint import load_pretrained, load_training_state, save_pretrained, save_training_state
+from discdistill.checkpoint import load_latest_training_state, load_pretrained, save_pretrained, save_training_state
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
@@ -56,14 +57,15 @@ from discdistill.distill.losses import (
     token_log_odds_reward,
 )
 from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
-from discdistill.errors import CheckpointError, ConfigError, DataError, ModelMismatchError
+from discdistill.errors import ConfigError, DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
 from discdistill.sampling import sample
-from discdistill.training import MetricsLog, StopRequest, TrainingInterrupted, resolve_device
+from discdistill.distributed import init_distributed
+from discdistill.training import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
 #: Config fields that may change between a run and its resume (they do not affect the numbers).
-_RESUMABLE_CHANGES = {"log_every", "save_every", "device"}
+_RESUMABLE_CHANGES = {"log_every", "save_every", "device", "keep_checkpoints", "max_nonfinite"}
 
 
 def _generator_state(generator: torch.Generator) -> str:
@@ -89,7 +91,10 @@ class DistillTrainer:
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.teacher_path = teacher_path
-        self.device = resolve_device(config.device)
+        self.ctx = init_distributed(config.device)  # under torchrun: this rank's device, rows and noise
+        self.ctx.shard(config.batch_rows)  # whole rows (and so whole groups) per rank, or a clear error
+        self.device = self.ctx.device
+        self.guard = NonfiniteGuard(config.max_nonfinite)
         self.autocast_bf16 = config.bf16 and self.device.type == "cuda"
         self.schedule = LogLinearSchedule(config.schedule.eps)
         torch.manual_seed(config.seed)  # spectral-norm vectors and anything else drawn at construction
@@ -106,7 +111,7 @@ class DistillTrainer:
         self.sched_student = warmup_linear_decay(self.opt_student, config.warmup_steps, config.iterations)
         disc_warmup = config.warmup_steps if config.disc_warmup_steps is None else config.disc_warmup_steps
         self.sched_disc = warmup_linear_decay(self.opt_disc, disc_warmup, config.iterations)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1_000_003 * self.ctx.rank)
         self.batches = (EpochBatches(len(self.train_data), config.batch_rows, config.seed)
                         if self.train_data is not None else None)
         self.iteration = 0
@@ -154,17 +159,18 @@ class DistillTrainer:
     def _real_rows(self) -> torch.Tensor:
         c = self.config
         if c.positives == "teacher":
-            return sample(self.teacher, num_samples=c.batch_rows, seq_len=self.seq_len, steps=c.teacher_sample_steps,
+            return sample(self.teacher, num_samples=c.batch_rows // self.ctx.world_size, seq_len=self.seq_len, steps=c.teacher_sample_steps,
                           mask_id=self.mask_id, schedule=self.schedule, precision=c.precision,
                           time_conditioned=c.time_conditioned, generator=self.generator, device=self.device).ids
         assert self.batches is not None and self.train_data is not None
-        return self.train_data[self.batches.indices(self.iteration)].to(self.device)
+        rows = self.batches.indices(self.iteration)[self.ctx.shard(c.batch_rows)]
+        return self.train_data[rows].to(self.device)
 
     def step(self) -> dict[str, Any]:
         """Run one iteration (rollout, discriminator step, student step, EMA); return its metrics."""
         c = self.config
         tic = time.perf_counter()
-        n = c.samples_per_iteration
+        n = c.samples_per_iteration // self.ctx.world_size  # this rank's samples: whole groups
         x_real = self._real_rows().repeat_interleave(c.group_size, 0)  # groups stay contiguous
         tau = self._tau(n)
 
@@ -208,8 +214,10 @@ class DistillTrainer:
         loss = loss_pg + c.kl_weight * loss_kl - c.entropy_weight * entropy
         self.opt_student.zero_grad(set_to_none=True)
         loss.backward()
+        self.ctx.average_gradients(self.student.parameters())
         grads_student = clip_grad_norm_finite_(self.student.parameters(), c.student_grad_clip)
-        self.opt_student.step()
+        if self._finite(loss):  # a non-finite loss is skipped (counted by the run loop)
+            self.opt_student.step()
         self.sched_student.step()
 
         # 7. EMA
@@ -244,8 +252,10 @@ class DistillTrainer:
         acc_real, acc_fake = discriminator_accuracy(logits_real.detach(), logits_fake.detach(), mask_real, mask_fake)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()
+        self.ctx.average_gradients(self.disc.parameters())
         grads = clip_grad_norm_finite_(self.disc.parameters(), c.disc_grad_clip)
-        self.opt_disc.step()
+        if self._finite(loss):
+            self.opt_disc.step()
         return loss.detach(), acc_real, acc_fake, grads
 
     @torch.no_grad()
@@ -274,6 +284,10 @@ class DistillTrainer:
     def _corrupt_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z ~ q(. | x) at times t [N] (from the run's generator)."""
         return corrupt(x, self.schedule.alpha(t.double()), self.mask_id, self.generator)
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank (they must agree to step or skip together)."""
+        return not self.ctx.any(not bool(torch.isfinite(loss)))
 
     def _regularisers(self, rollout: Rollout) -> tuple[torch.Tensor, ...]:
         """(sum over states of the KL, forward KL sum, reverse KL sum, mean entropy over states).
@@ -306,7 +320,12 @@ class DistillTrainer:
         return {"student": self.sched_student, "discriminator": self.sched_disc}
 
     def save(self) -> Path:
-        """Write student (EMA), discriminator and training state; return the student directory."""
+        """Write student (EMA), discriminator and training state (rank 0); return the student directory."""
+        generators = self.ctx.gather(_generator_state(self.generator))  # every rank's noise stream
+        self.ctx.on_main(lambda: self._write(generators))
+        return self.out_dir / STUDENT_DIR
+
+    def _write(self, generators: list[Any]) -> Path:
         config = self.config.model_dump(mode="json")
         extra = {"teacher": self.teacher_path, "distill_config": config, "iteration": self.iteration,
                  "weights": "ema", "ema_decay": self.config.ema_decay}
@@ -315,22 +334,24 @@ class DistillTrainer:
         save_training_state(self.out_dir / STATE_DIR, modules=self._modules(), optimizers=self._optimizers(),
                             schedulers=self._schedulers(),
                             meta={"iteration": self.iteration, "config": config, "teacher": self.teacher_path,
-                                  "generator": _generator_state(self.generator)})
+                                  "generator": generators[0], "generators": generators, **self.guard.state()},
+                            keep=self.config.keep_checkpoints)
         return save_pretrained(self.ema, self.out_dir / STUDENT_DIR, extra=extra)
 
     def load(self) -> None:
         """Restore the state saved in OUT/state (the run must have the same configuration)."""
-        state_dir = self.out_dir / STATE_DIR
-        if not state_dir.exists():
-            raise CheckpointError(f"--resume: no training state in {state_dir}; start without --resume")
-        meta = load_training_state(state_dir, modules=self._modules(), optimizers=self._optimizers(),
-                                   schedulers=self._schedulers())
+        meta, _ = load_latest_training_state(self.out_dir / STATE_DIR, modules=self._modules(),
+                                             optimizers=self._optimizers(), schedulers=self._schedulers())
         saved, now = meta["config"], self.config.model_dump(mode="json")
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(f"--resume: {self.out_dir} was distilled with different settings ({', '.join(changed)}); "
                               "use the same options or a new output directory")
-        _set_generator_state(self.generator, meta["generator"])
+        generators = meta.get("generators", [meta["generator"]])
+        if self.ctx.rank < len(generators):  # ranks a resumed run adds keep their fresh, rank-seeded stream
+            _set_generator_state(self.generator, generators[self.ctx.rank])
+        self.guard = NonfiniteGuard(self.config.max_nonfinite, meta.get("nonfinite_skipped", 0),
+                                    meta.get("nonfinite_streak", 0))
         self.iteration = int(meta["iteration"])
 
     # ------------------------------------------------------------------ the loop
@@ -339,26 +360,31 @@ class DistillTrainer:
         c = self.config
         until = c.iterations if until is None else min(until, c.iterations)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(self.out_dir / METRICS_FILE, start_step=self.iteration)
+        log = MetricsLog(self.out_dir / METRICS_FILE, start_step=self.iteration) if self.ctx.is_main else None
         bar = tqdm(range(self.iteration, until), initial=self.iteration, total=c.iterations, desc="distill",
-                   disable=not self.progress)
+                   disable=not (self.progress and self.ctx.is_main))
         try:
             with StopRequest() as stop:
                 for _ in bar:
-                    record = self.step()
-                    log.write(record)
+                    record = self.ctx.mean_metrics(self.step())  # means over ranks: all ranks agree
+                    finite = math.isfinite(record["loss_student"]) and math.isfinite(record["loss_disc"])
+                    self.guard.update(finite, self.iteration, self.out_dir / STATE_DIR)
+                    record["nonfinite_skipped"] = self.guard.skipped
+                    if log is not None:
+                        log.write(record)
                     if self.iteration % c.log_every == 0:
                         bar.set_postfix(d_loss=f"{record['loss_disc']:.3f}", acc=f"{record['acc_real']:.2f}/"
                                         f"{record['acc_fake']:.2f}", r=f"{record['reward_mean']:.2f}",
                                         H=f"{record['entropy']:.2f}")
-                    if stop.requested:
+                    if self.ctx.any(stop.requested):
                         self.save()
                         raise TrainingInterrupted(f"interrupted at iteration {self.iteration}: state saved in "
                                                   f"{self.out_dir / STATE_DIR}; continue with --resume")
                     if self.iteration % c.save_every == 0 and self.iteration < until:
                         self.save()
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             bar.close()
         return self.save()
 
