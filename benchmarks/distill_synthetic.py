@@ -46,6 +46,8 @@ STUDENT = dict(iterations=1000, warmup_steps=100, disc_warmup_steps=10, batch_ro
 #: Rewards read at 4 fixed high-noise levels (all samples alike, so the whole batch is one comparison group).
 TUNED = dict(label_smoothing=0.0, reward_times=4, reward_time_range=(0.4, 0.9), reward_corruptions=2,
              advantage_norm="batch", omega="constant")
+#: The students: method defaults, the tuned variant, and the diagnostic fed the exact log-likelihood.
+VARIANTS = ("student", "tuned", "oracle-reward")
 QUICK_TEACHER = dict(steps=600)
 QUICK_STUDENT = dict(iterations=60)
 
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=512, help="samples per evaluated sampler")
     parser.add_argument("--ablation-iterations", type=int, default=250, help="iterations per ablation rung")
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="students to distil (e.g. only `tuned` for a long confirmation run)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("overrides", nargs="*", help="DistillConfig key=value overrides")
     args = parser.parse_args(argv)
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("oracle-reward", config, exact_reward, False)]
     results["distill_seconds"] = {}
     for name, variant, reward_fn, with_rgas in variants:
+        if name not in args.variants:
+            continue
         run_dir = out / f"run-{name}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
