@@ -80,22 +80,22 @@ def measure_batch(dit: DiT, ar: torch.nn.Module, batch: int, args: argparse.Name
     L, N, repeats = args.seq_len, args.teacher_steps, args.repeats
     rows = []
 
-    def row(name: str, seconds: float, nfe: int | str, note: str = "") -> None:
-        rows.append({"generator": name, "batch": batch, "seq_len": L, "nfe": nfe, "seconds": seconds,
+    def row(kind: str, name: str, seconds: float, nfe: int | str, note: str = "") -> None:
+        rows.append({"kind": kind, "generator": name, "batch": batch, "seq_len": L, "nfe": nfe, "seconds": seconds,
                      "tokens_per_s": batch * L / seconds, "note": note})
         print(f"{name:<28} {batch:>5} {L:>5} {str(nfe):>6} {seconds:>10.3f} {batch * L / seconds:>10.1f}  {note}",
               flush=True)
 
     if batch * L > args.extrapolate_above:
         probe = diffusion_seconds(dit, batch, L, args.probe_steps, cache=False, repeats=1)
-        row(f"teacher {N} steps", probe * N / args.probe_steps, N, f"extrapolated from {args.probe_steps} steps")
+        row("teacher", f"teacher {N} steps", probe * N / args.probe_steps, N, f"extrapolated from {args.probe_steps} steps")
     else:
-        row(f"teacher {N} steps", diffusion_seconds(dit, batch, L, N, cache=False, repeats=1), N)
-    row(f"teacher {N} steps, cache", diffusion_seconds(dit, batch, L, N, cache=True, repeats=1), "<=N",
+        row("teacher", f"teacher {N} steps", diffusion_seconds(dit, batch, L, N, cache=False, repeats=1), N)
+    row("teacher_cache", f"teacher {N} steps, cache", diffusion_seconds(dit, batch, L, N, cache=True, repeats=1), "<=N",
         "rows that did not change skip the forward")
     for steps in args.student_steps:
-        row(f"student {steps} steps", diffusion_seconds(dit, batch, L, steps, cache=False, repeats=repeats), steps)
-    row("autoregressive, KV cache", autoregressive_seconds(ar, batch, L, repeats), L, "GPT-2 architecture")
+        row("student", f"student {steps} steps", diffusion_seconds(dit, batch, L, steps, cache=False, repeats=repeats), steps)
+    row("autoregressive", "autoregressive, KV cache", autoregressive_seconds(ar, batch, L, repeats), L, "GPT-2 architecture")
     return rows
 
 
@@ -103,15 +103,14 @@ def ratios(rows: list[dict], teacher_steps: int) -> list[dict]:
     """Speed-ups of each student row over the teachers and the autoregressive model, per batch."""
     out = []
     for batch in sorted({r["batch"] for r in rows}):
-        by_name = {r["generator"]: r["seconds"] for r in rows if r["batch"] == batch}
-        for name, seconds in by_name.items():
-            if not name.startswith("student"):
-                continue
-            steps = int(name.split()[1])
-            out.append({"batch": batch, "student": name, "floor": teacher_steps / steps,
-                        "vs_teacher": by_name[f"teacher {teacher_steps} steps"] / seconds,
-                        "vs_teacher_cache": by_name[f"teacher {teacher_steps} steps, cache"] / seconds,
-                        "vs_autoregressive": by_name["autoregressive, KV cache"] / seconds})
+        same_batch = [r for r in rows if r["batch"] == batch]
+        seconds_of = {r["kind"]: r["seconds"] for r in same_batch if r["kind"] != "student"}
+        for r in same_batch:
+            if r["kind"] == "student":
+                out.append({"batch": batch, "student": r["generator"], "floor": teacher_steps / r["nfe"],
+                            "vs_teacher": seconds_of["teacher"] / r["seconds"],
+                            "vs_teacher_cache": seconds_of["teacher_cache"] / r["seconds"],
+                            "vs_autoregressive": seconds_of["autoregressive"] / r["seconds"]})
     return out
 
 

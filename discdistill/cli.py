@@ -37,6 +37,16 @@ def config_options(func: Callable) -> Callable:
     return click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)(func)
 
 
+def sampling_options(func: Callable) -> Callable:
+    """Options of the sampling loop shared by `sample` and `eval`."""
+    func = click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
+                        help="How the last step fills positions still masked [sample].")(func)
+    func = click.option("--precision", type=click.Choice(["float64", "float32"]), default=None,
+                        help="Categorical sampling precision [float64]; float32 truncates the tail, lowers "
+                             "entropy (and flatters perplexity).")(func)
+    return click.option("--seq-len", type=int, default=None, help="Sample length [the model's].")(func)
+
+
 def explicit(**values: Any) -> dict[str, Any]:
     """Options the user actually gave (click passes None for the others)."""
     return {k: v for k, v in values.items() if v is not None}
@@ -121,11 +131,7 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
 @click.option("--steps", type=int, default=None, help="Denoiser passes (NFE) per sample.")
 @click.option("--num-samples", type=int, default=None, help="How many samples to write.")
 @click.option("--batch-size", type=int, default=None, help="Samples generated at once.")
-@click.option("--seq-len", type=int, default=None, help="Sample length (default: the model's).")
-@click.option("--precision", type=click.Choice(["float64", "float32"]), default=None,
-              help="Categorical sampling precision. float32 truncates the tail and lowers entropy.")
-@click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
-              help="How the last step fills positions still masked.")
+@sampling_options
 @click.option("--cache/--no-cache", default=None, help="Reuse logits of unchanged rows: exact, same samples [auto: on when steps > length].")
 @click.option("--seed", type=int, default=None, help="Sampling seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -232,11 +238,7 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
 @click.option("--num-samples", type=int, default=None, help="Samples per row [256; the protocol's minimum].")
 @click.option("--batch-size", type=int, default=None, help="Samples generated at once [16].")
 @click.option("--judge-batch-size", type=int, default=None, help="Sequences per judge forward [8].")
-@click.option("--seq-len", type=int, default=None, help="Sample length [the model's].")
-@click.option("--precision", type=click.Choice(["float64", "float32"]), default=None,
-              help="Categorical sampling precision [float64]; float32 lowers entropy (and flatters perplexity).")
-@click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
-              help="How the last step fills positions still masked [sample].")
+@sampling_options
 @click.option("--seed", type=int, default=None, help="Sampling seed, the same for every row [0].")
 @click.option("--device", default=None, help="auto [default], cpu, cuda, cuda:N (generation and judge).")
 @click.option("--data", default=None, metavar="PATH|NAME",
