@@ -34,10 +34,19 @@ class LogLinearSchedule:
         return -self.alpha_prime(t) / (1.0 - self.alpha(t))
 
 
-def corrupt(x: torch.Tensor, alpha: torch.Tensor, mask_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample z ~ q(z_t | x): each position stays x_j w.p. alpha (per row, [B] or [B, 1]), else becomes m."""
+def corrupt(x: torch.Tensor, alpha: torch.Tensor, mask_id: int, generator: torch.Generator | None = None,
+            shared_rows: int = 1) -> torch.Tensor:
+    """Sample z ~ q(z_t | x): each position stays x_j w.p. alpha (per row, [B] or [B, 1]), else becomes m.
+
+    ``shared_rows`` = G > 1: each block of G consecutive rows uses the same uniforms (common random
+    numbers), so rows of a block with the same alpha are masked at the same positions.
+    """
     alpha = alpha.reshape(-1, 1) if alpha.dim() <= 1 else alpha
-    u = torch.rand(x.shape, device=x.device, generator=generator)
+    if shared_rows > 1:
+        u = torch.rand((x.shape[0] // shared_rows, *x.shape[1:]), device=x.device, generator=generator)
+        u = u.repeat_interleave(shared_rows, 0)
+    else:
+        u = torch.rand(x.shape, device=x.device, generator=generator)
     return torch.where(u < alpha, x, torch.full_like(x, mask_id))
 
 

@@ -81,6 +81,17 @@ class StepContext:
     generator: torch.Generator | None
 
 
+class FeatureDenoiser(Protocol):
+    """A denoiser split in two (the DiT is one): trunk features, then the output layer at chosen positions.
+
+    The sampler's CPU ancestral path uses it to run the V-way output layer only where tokens are drawn.
+    """
+
+    def features(self, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def logits_from_features(self, h: torch.Tensor, c: torch.Tensor, where: torch.Tensor) -> torch.Tensor: ...
+
+
 class StepRule(Protocol):
     """z_t, denoiser logits at z_t -> z_s. `ancestral_step` is the default; RGAS supplies its own."""
 
@@ -162,15 +173,14 @@ def sample(
     assert steps >= 1 and seq_len >= 1 and num_samples >= 1
     if cache and time_conditioned:
         raise ValueError("cache=True needs a time-unconditioned denoiser (its output must not depend on t)")
+    z = _initial_state(num_samples, seq_len, mask_id, z_init, device)
+    if _can_sample_sparse(denoiser, z, step_rule, precision):
+        return _sample_sparse(denoiser, z, steps=steps, mask_id=mask_id, schedule=schedule, noise_removal=noise_removal,
+                              cache=cache, time_conditioned=time_conditioned, t_min=t_min, generator=generator)
     grid = time_grid(steps, t_min, device)
     alphas = schedule.alpha(grid)
     alphas[-1] = 1.0  # the last step removes all remaining noise (fused noise removal)
     sigmas = schedule.sigma(grid).float()
-    if z_init is None:
-        z = torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)
-    else:
-        assert z_init.shape == (num_samples, seq_len), "z_init must be [num_samples, seq_len]"
-        z = z_init.to(device=device, dtype=torch.long).clone()
     zero_sigma = torch.zeros(num_samples, device=device)
     logits: torch.Tensor | None = None
     previous: torch.Tensor | None = None
@@ -192,4 +202,71 @@ def sample(
             noise_removal=noise_removal, generator=generator,
         )
         z = step_rule(z, logits, ctx)
+    return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
+
+
+def _initial_state(num_samples: int, seq_len: int, mask_id: int, z_init: torch.Tensor | None,
+                   device: torch.device | str) -> torch.Tensor:
+    """All-mask [B, L], or a copy of ``z_init`` on the device."""
+    if z_init is None:
+        return torch.full((num_samples, seq_len), mask_id, dtype=torch.long, device=device)
+    assert z_init.shape == (num_samples, seq_len), "z_init must be [num_samples, seq_len]"
+    return z_init.to(device=device, dtype=torch.long).clone()
+
+
+def _can_sample_sparse(denoiser: Denoise, z: torch.Tensor, step_rule: StepRule, precision: Precision) -> bool:
+    """The sparse path: CPU, plain ancestral steps, float64 draws, a denoiser split in two."""
+    return (z.device.type == "cpu" and step_rule is ancestral_step and precision == "float64"
+            and callable(getattr(denoiser, "features", None))
+            and callable(getattr(denoiser, "logits_from_features", None)))
+
+
+def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, mask_id: int,
+                   schedule: LogLinearSchedule, noise_removal: Literal["sample", "argmax"], cache: bool,
+                   time_conditioned: bool, t_min: float, generator: torch.Generator | None) -> SampleOutput:
+    """`sample` with `ancestral_step` on CPU, running the V-way output layer only where a token is drawn.
+
+    Per step the positions that unmask are drawn first (the Bernoulli of the ancestral posterior does
+    not depend on the logits), then the trunk runs on z and the output layer on those positions only:
+    with N steps over L positions that is about L / N of them, so the output layer, which dominates
+    small models with a large vocabulary, costs one full pass over the whole run instead of N. The
+    random draws are made in the same order as `ancestral_step`'s CPU path, so both give the same ids
+    (up to float rounding in the smaller matmul). With ``cache`` the trunk's features of rows that did
+    not change are reused instead of their logits.
+    """
+    num_samples = z.shape[0]
+    grid = time_grid(steps, t_min, z.device)
+    alphas = schedule.alpha(grid)
+    alphas[-1] = 1.0  # fused noise removal
+    sigmas = schedule.sigma(grid).float()
+    zero_sigma = torch.zeros(num_samples, device=z.device)
+    features: tuple[torch.Tensor, torch.Tensor] | None = None
+    previous: torch.Tensor | None = None
+    nfe = rows = 0
+    for i in range(steps):
+        sigma = sigmas[i].expand(num_samples) if time_conditioned else zero_sigma
+        masked = z == mask_id
+        last = i == steps - 1
+        if last and noise_removal == "argmax":
+            unmask = masked
+        else:
+            stay_prob = (1.0 - alphas[i + 1]) / (1.0 - alphas[i])
+            unmask = masked & ~sample_bernoulli(stay_prob.expand(z.shape), "float64", generator)
+        if cache and features is not None:
+            changed = (z != previous).any(-1).nonzero().squeeze(1)
+            if changed.numel():
+                h_new, c_new = denoiser.features(z[changed], sigma[changed])
+                features[0][changed], features[1][changed] = h_new.to(features[0].dtype), c_new.to(features[1].dtype)
+                nfe, rows = nfe + 1, rows + changed.numel()
+        else:
+            features = denoiser.features(z, sigma)
+            nfe, rows = nfe + 1, rows + num_samples
+        previous = z
+        where = unmask.nonzero(as_tuple=True)
+        log_p = subs_log_probs(denoiser.logits_from_features(*features, unmask), z[where], mask_id)
+        z = z.clone()
+        if last and noise_removal == "argmax":
+            z[where] = log_p.argmax(-1)
+        else:
+            z[where] = sample_categorical(log_p.exp(), "float64", generator)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)

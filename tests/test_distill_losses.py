@@ -19,9 +19,13 @@ from discdistill.distill.losses import (
     masked_entropy,
     omega,
     quadrature_times,
+    sequence_discriminator_accuracy,
+    sequence_discriminator_loss,
+    sequence_log_odds_reward,
     student_policy_loss,
     token_log_odds_reward,
 )
+from discdistill.distill.objectives import TokenObjective, make_objective
 from discdistill.errors import ConfigError
 
 
@@ -105,6 +109,32 @@ def test_token_log_odds_reward():
     assert torch.allclose(total, torch.tensor([1.0 + 8.0, 0.0]))  # clamp(20) = 8, the unmasked -3 left out
     with pytest.raises(ValueError):
         token_log_odds_reward(logits, masked, reduce="max")
+
+
+def test_sequence_objective_by_hand():
+    """One BCE example per row on the summed logits, whatever is masked; reward = the clamped sum."""
+    logits_real = torch.tensor([[2.0, -1.0, 0.5], [0.2, 0.2, 0.2]])
+    logits_fake = torch.tensor([[-3.0, 0.5, 1.0], [1.0, 1.0, 1.0]])
+
+    def bce(x, y):
+        return -(y * math.log(1 / (1 + math.exp(-x))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
+
+    real = (bce(1.5, 0.9) + bce(0.6, 0.9)) / 2
+    fake = (bce(-1.5, 0.1) + bce(3.0, 0.1)) / 2
+    loss = sequence_discriminator_loss(logits_real, logits_fake, smoothing=0.1)
+    assert float(loss) == pytest.approx((real + fake) / 2, rel=1e-6)
+    acc_real, acc_fake = sequence_discriminator_accuracy(logits_real, logits_fake)
+    assert float(acc_real) == 1.0 and float(acc_fake) == 0.5
+    r = sequence_log_odds_reward(torch.tensor([[1.0, 2.0, -0.5], [9.0, 9.0, 9.0]]), clamp=8.0)
+    assert r.dtype == torch.float32
+    assert torch.allclose(r, torch.tensor([2.5, 24.0]))  # the second row's 27 is clamped to 8 * L = 24
+    # the objective classes route to these functions and ignore the masks
+    objective = make_objective("sequence")
+    masks = torch.zeros(2, 3, dtype=torch.bool)
+    assert float(objective.loss(logits_real, logits_fake, masks, masks, 0.1)) == pytest.approx(float(loss))
+    assert isinstance(make_objective("token", "sum"), TokenObjective)
+    token = make_objective("token", "sum").reward(logits_real, torch.ones(2, 3, dtype=torch.bool), 8.0)
+    assert torch.allclose(token, torch.tensor([1.5, 0.6]))
 
 
 def test_quadrature_times_are_midpoints():

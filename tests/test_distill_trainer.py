@@ -303,3 +303,21 @@ def test_reward_over_quadrature_times_matches_hand_average(tmp_path, reduce):
         assert float(rewards[i]) == pytest.approx(sum(per_view) / 6, rel=1e-5)
     with pytest.raises(ValueError):
         tiny_config(reward_time_range=(0.8, 0.2))
+
+
+def test_group_common_noise_shares_tau_unmasking_and_corruption(tmp_path):
+    """With group_common_noise the G samples of a group differ only in their tokens' values."""
+    config = tiny_config(group_common_noise=True, group_size=4, batch_rows=4)
+    trainer = DistillTrainer(config, tiny_dit(), torch.randint(0, V - 1, (16, L)), tmp_path, progress=False)
+    tau = trainer._tau(16)
+    groups = tau.reshape(4, 4)
+    assert torch.equal(groups, groups[:, :1].expand(4, 4))
+    with torch.no_grad():
+        r = student_rollout(trainer.student, tau, seq_len=L, mask_id=MASK, generator=trainer.generator, shared_rows=4)
+    pattern = (r.z_tau == MASK).reshape(4, 4, L)
+    assert torch.equal(pattern, pattern[:, :1].expand(4, 4, L))  # the same positions unmasked at step 1
+    x = torch.randint(0, V - 1, (16, L))
+    hidden = (corrupt(x, torch.full((16,), 0.5), MASK, trainer.generator, shared_rows=4) == MASK).reshape(4, 4, L)
+    assert torch.equal(hidden, hidden[:, :1].expand(4, 4, L))
+    assert 0 < float(hidden.float().mean()) < 1
+    assert all(torch.isfinite(torch.tensor(v)) for v in trainer.step().values() if isinstance(v, float))

@@ -36,6 +36,11 @@ class DistillConfig(StrictModel):
     tau_per_group: bool = Field(
         False, description="Draw one tau per group of G samples (off: one per sample, method.md). Sharing it "
         "makes the within-group reward differences reflect the samples rather than their noise levels.")
+    group_common_noise: bool = Field(
+        False, description="The G samples of a group share their tau, the rollout's unmasking pattern and the "
+        "reward's corruption masks (common random numbers; implies tau_per_group): within-group reward "
+        "differences then come from the tokens the student chose, not from which positions it unmasked "
+        "together or which the corruption hid. Pair with advantage_norm='group'.")
     coupled_tau: bool = Field(
         True, description="The discriminator corrupts real and fake at the student sample's own tau; "
         "off: at an independent draw from the same distribution (one per sample).")
@@ -52,6 +57,11 @@ class DistillConfig(StrictModel):
     teacher_sample_steps: int = Field(
         256, gt=0, description="Ancestral steps of the teacher samples used when positives = 'teacher'.")
     disc_blocks: int = Field(4, ge=0, description="Trainable last blocks of the discriminator (min(K, n_blocks)).")
+    disc_objective: Literal["token", "sequence"] = Field(
+        "token", description="'token' (method.md): per-token BCE over masked positions, reward = mean of the "
+        "clamped log-odds over them. 'sequence': one BCE example per row whose logit is the sum of the "
+        "per-position logits over every position, reward = that sum (clamped to reward_clamp * L); each "
+        "position learns an additive share of the log-ratio (distill/objectives.py).")
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5, description="BCE targets 1 - s (real) and s (fake).")
     reward_clamp: float = Field(8.0, gt=0.0, description="Per-token log-odds reward clamped to [-c, c].")
     reward_corruptions: int = Field(

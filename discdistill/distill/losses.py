@@ -98,6 +98,31 @@ def token_log_odds_reward(disc_logits: torch.Tensor, masked: torch.Tensor, clamp
     return total / weight.sum(-1).clamp_min(1.0)
 
 
+def sequence_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor,
+                                smoothing: float = 0.1) -> torch.Tensor:
+    """( mean_i BCE(S_real_i, 1 - s) + mean_i BCE(S_fake_i, s) ) / 2 with S_i = sum_j logit_ij over every position.
+
+    The sequence-level objective: one label per row, its logit the sum of the per-position logits, so each
+    position learns an additive share of log q_data(z) / q_nu(z) (local evidence stays local, as the
+    per-transition log-ratios of a Markov chain do) instead of every position estimating the whole ratio.
+    """
+    real, fake = logits_real.float().sum(-1), logits_fake.float().sum(-1)
+    return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.full_like(real, 1.0 - smoothing))
+                  + F.binary_cross_entropy_with_logits(fake, torch.full_like(fake, smoothing)))
+
+
+def sequence_discriminator_accuracy(logits_real: torch.Tensor,
+                                    logits_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fraction of rows classified right by their summed logit: (P[S_real > 0], P[S_fake < 0])."""
+    return (logits_real.float().sum(-1) > 0).float().mean(), (logits_fake.float().sum(-1) < 0).float().mean()
+
+
+def sequence_log_odds_reward(disc_logits: torch.Tensor, clamp: float = 8.0) -> torch.Tensor:
+    """r_i = clamp(sum_j logit_ij, -c L, c L), float32 [B]: the sequence log-odds (c per position on average)."""
+    bound = clamp * disc_logits.shape[-1]
+    return disc_logits.float().sum(-1).clamp(-bound, bound)
+
+
 def quadrature_times(m: int, low: float, high: float) -> torch.Tensor:
     """The m midpoints t_k = low + (k + 1/2) (high - low) / m, k = 0..m-1 (float64) [m]."""
     return low + (torch.arange(m, dtype=torch.float64) + 0.5) * (high - low) / m

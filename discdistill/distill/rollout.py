@@ -87,11 +87,13 @@ def _as_rows(value: torch.Tensor | float, n: int, device: torch.device) -> torch
 
 def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float, alpha_s: torch.Tensor | float,
                  sigma: torch.Tensor, mask_id: int, precision: Precision = "float64",
-                 generator: torch.Generator | None = None) -> RolloutStep:
+                 generator: torch.Generator | None = None, shared_rows: int = 1) -> RolloutStep:
     """One ancestral step t -> s with a differentiable log-prob of the positions it unmasks.
 
     At a masked position: unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), then
-    x ~ p_nu(x_0 | z). ``alpha_*`` are scalars or per row [N].
+    x ~ p_nu(x_0 | z). ``alpha_*`` are scalars or per row [N]. ``shared_rows`` = G > 1: blocks of G
+    consecutive rows draw their unmasking uniforms together (common random numbers): rows of a block
+    that start from the same mask pattern at the same times unmask the same positions.
     """
     n = z.shape[0]
     alpha_t = _as_rows(alpha_t, n, z.device)
@@ -104,10 +106,16 @@ def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float,
             tokens = sample_categorical(log_probs.detach().exp(), precision, generator)  # [m]
         else:  # nothing left to unmask anywhere in the batch
             tokens = torch.zeros(0, dtype=torch.long, device=z.device)
-        unmask_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t))[rows]
-        chosen_mask = sample_bernoulli(unmask_prob, precision, generator)  # [m]
-        unmasked = torch.zeros_like(masked)
-        unmasked[masked] = chosen_mask
+        unmask_prob = (alpha_s - alpha_t) / (1.0 - alpha_t)  # [N]
+        if shared_rows > 1:
+            dtype = torch.float64 if precision == "float64" else torch.float32
+            u = torch.rand((n // shared_rows, z.shape[1]), dtype=dtype, device=z.device, generator=generator)
+            unmasked = masked & (u.repeat_interleave(shared_rows, 0) < unmask_prob.to(dtype)[:, None])
+            chosen_mask = unmasked[masked]  # [m]
+        else:
+            chosen_mask = sample_bernoulli(unmask_prob[rows], precision, generator)  # [m]
+            unmasked = torch.zeros_like(masked)
+            unmasked[masked] = chosen_mask
         next_state = z.clone()
         next_state[unmasked] = tokens[chosen_mask]
     chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -134,10 +142,11 @@ def sample_tau(n: int, a: float, b: float, low: float, high: float, generator: t
 def student_rollout(model: Denoise, tau: torch.Tensor, *, seq_len: int, mask_id: int,
                     schedule: LogLinearSchedule = LogLinearSchedule(), two_step: bool = True,
                     time_conditioned: bool = False, precision: Precision = "float64",
-                    generator: torch.Generator | None = None) -> Rollout:
+                    generator: torch.Generator | None = None, shared_rows: int = 1) -> Rollout:
     """Roll ``tau.numel()`` samples out of ``model`` from the all-mask state (see the module docstring).
 
-    Every random draw uses ``generator``; pass one on ``tau``'s device.
+    Every random draw uses ``generator``; pass one on ``tau``'s device. ``shared_rows`` = G: blocks of
+    G rows (with equal tau) unmask the same positions at both steps and differ only in their tokens.
     """
     n, device = tau.shape[0], tau.device
     tau64 = tau.double()
@@ -149,9 +158,10 @@ def student_rollout(model: Denoise, tau: torch.Tensor, *, seq_len: int, mask_id:
         return schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
 
     if not two_step:
-        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator)
+        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator, shared_rows)
         return Rollout(x_fake=step.next_state, tau=tau, steps=[step])
     alpha_tau = schedule.alpha(tau64)
-    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator)
-    second = rollout_step(model, first.next_state, alpha_tau, one, sigma_at(tau64), mask_id, precision, generator)
+    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator, shared_rows)
+    second = rollout_step(model, first.next_state, alpha_tau, one, sigma_at(tau64), mask_id, precision, generator,
+                          shared_rows)
     return Rollout(x_fake=second.next_state, tau=tau, steps=[first, second])

@@ -47,15 +47,13 @@ from discdistill.distill.discriminator import DiTDiscriminator, save_discriminat
 from discdistill.distill.losses import (
     advantages,
     beta_density,
-    discriminator_accuracy,
-    discriminator_loss,
     kl_terms,
     masked_entropy,
     omega,
     quadrature_times,
     student_policy_loss,
-    token_log_odds_reward,
 )
+from discdistill.distill.objectives import make_objective
 from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
 from discdistill.errors import ConfigError, DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
@@ -105,6 +103,7 @@ class DistillTrainer:
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.disc = DiTDiscriminator(self.teacher, config.disc_blocks).to(self.device).train()
+        self.objective = make_objective(config.disc_objective, config.reward_reduce)
 
         self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)
         self.opt_disc = make_adamw(self.disc.parameters(), config.disc_lr, config.betas, config.weight_decay)
@@ -149,7 +148,7 @@ class DistillTrainer:
     def _tau(self, n: int) -> torch.Tensor:
         """n times from the tau distribution; with ``tau_per_group`` one per group, repeated G times."""
         c = self.config
-        if c.tau_per_group:
+        if c.tau_per_group or c.group_common_noise:
             draws = sample_tau(n // c.group_size, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, self.generator,
                                self.device)
             return draws.repeat_interleave(c.group_size)
@@ -180,14 +179,14 @@ class DistillTrainer:
             rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
                                       schedule=self.schedule, two_step=c.two_step,
                                       time_conditioned=c.time_conditioned, precision=c.precision,
-                                      generator=self.generator)
+                                      generator=self.generator, shared_rows=self._shared_rows)
         x_fake = rollout.x_fake
 
         # 2. corruption at t (coupled: the rollout's tau)
         t = tau if c.coupled_tau else self._tau(n)
         alpha = self.schedule.alpha(t.double())
         z_real = corrupt(x_real, alpha, self.mask_id, self.generator)
-        z_fake = corrupt(x_fake, alpha, self.mask_id, self.generator)
+        z_fake = corrupt(x_fake, alpha, self.mask_id, self.generator, self._shared_rows)
         sigma_t = self.schedule.sigma(t.double()).float()  # the discriminator gets the real sigma
 
         # 3. discriminator step(s)
@@ -248,8 +247,8 @@ class DistillTrainer:
             logits = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma_t, sigma_t]))
         logits_real, logits_fake = logits[:n], logits[n:]
         mask_real, mask_fake = z_real == self.mask_id, z_fake == self.mask_id
-        loss = discriminator_loss(logits_real, logits_fake, mask_real, mask_fake, c.label_smoothing)
-        acc_real, acc_fake = discriminator_accuracy(logits_real.detach(), logits_fake.detach(), mask_real, mask_fake)
+        loss = self.objective.loss(logits_real, logits_fake, mask_real, mask_fake, c.label_smoothing)
+        acc_real, acc_fake = self.objective.accuracy(logits_real.detach(), logits_fake.detach(), mask_real, mask_fake)
         self.opt_disc.zero_grad(set_to_none=True)
         loss.backward()
         self.ctx.average_gradients(self.disc.parameters())
@@ -278,12 +277,17 @@ class DistillTrainer:
         z_views = torch.cat(views)
         sigma = torch.cat([self.schedule.sigma(tm.double()).float() for tm in times for _ in range(k)])
         logits = self.disc(z_views, sigma)
-        rewards = token_log_odds_reward(logits, z_views == self.mask_id, c.reward_clamp, c.reward_reduce)
+        rewards = self.objective.reward(logits, z_views == self.mask_id, c.reward_clamp)
         return rewards.reshape(-1, n).mean(0)
 
     def _corrupt_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z ~ q(. | x) at times t [N] (from the run's generator)."""
-        return corrupt(x, self.schedule.alpha(t.double()), self.mask_id, self.generator)
+        return corrupt(x, self.schedule.alpha(t.double()), self.mask_id, self.generator, self._shared_rows)
+
+    @property
+    def _shared_rows(self) -> int:
+        """Rows that share their noise (a group under ``group_common_noise``, else 1)."""
+        return self.config.group_size if self.config.group_common_noise else 1
 
     def _finite(self, loss: torch.Tensor) -> bool:
         """Whether ``loss`` is finite on every rank (they must agree to step or skip together)."""

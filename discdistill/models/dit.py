@@ -89,5 +89,9 @@ class DiT(MaskedDiffusionTeacher):
         skipping the other positions halves a training step on average. Equals forward(z)[where].
         """
         h, c = self.features(z, sigma)
+        return self.logits_from_features(h, c, where)
+
+    def logits_from_features(self, h: torch.Tensor, c: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The output layer at the n positions where ``where`` [B, L] is true: [n, V] (row-major order)."""
         rows = where.nonzero()[:, 0]
         return self.output_layer(h[where].unsqueeze(1), c[rows]).squeeze(1)
