@@ -358,3 +358,26 @@ def test_plots_when_matplotlib_is_there(tmp_path):
     assert plots.plot_quality([make_report()], ["r"], tmp_path / "q.png").stat().st_size > 1000
     records = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0, "val_nll": 2.5}]
     assert plots.plot_training(records, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_quiet_judge_loading_hides_every_bar_and_restores_the_settings(monkeypatch):
+    """`eval --quiet`: transformers' bars and the GGUF converter's plain tqdm bars are off while loading."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from discdistill.evaluation import judges
+
+    seen = {}
+    original = gguf_utils.tqdm
+
+    def loader(device):
+        seen["gguf_bar_disabled"] = gguf_utils.tqdm(range(3)).disable
+        seen["hf_enabled"] = hf_logging.is_progress_bar_enabled()
+        return None
+
+    monkeypatch.setitem(judges.JUDGES, "fake", loader)
+    assert judges.load_judge("fake", torch.device("cpu"), progress=False) is None
+    assert seen == {"gguf_bar_disabled": True, "hf_enabled": False}
+    assert gguf_utils.tqdm is original and hf_logging.is_progress_bar_enabled()
+    judges.load_judge("fake", torch.device("cpu"))
+    assert seen == {"gguf_bar_disabled": False, "hf_enabled": True}

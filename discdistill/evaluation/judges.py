@@ -10,9 +10,11 @@ Every judge runs in float32. Numbers from different judges are not comparable: s
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +141,46 @@ JUDGES: dict[str, Callable[[torch.device], Judge | None]] = {
 }
 
 
-def load_judge(spec: str, device: torch.device) -> Judge | None:
-    """A built-in name (see `JUDGES`), a ``.gguf`` file, a local model folder, or a hub id."""
+def load_judge(spec: str, device: torch.device, *, progress: bool = True) -> Judge | None:
+    """A built-in name (see `JUDGES`), a ``.gguf`` file, a local model folder, or a hub id.
+
+    ``progress=False`` hides the loading bars of transformers (and of its GGUF converter, which uses
+    tqdm directly: see `_no_progress_bars`).
+    """
+    if progress:
+        return _load_judge(spec, device)
+    with _no_progress_bars():
+        return _load_judge(spec, device)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' own bars off, and its GGUF converter's module-level ``tqdm`` (a plain tqdm that
+    transformers' switch does not reach) replaced by a disabled one; both restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # no transformers, no bars to hide (the loader reports the missing package)
+        yield
+        return
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except Exception:  # noqa: BLE001 - an optional module; its absence only means no bar to hide
+        gguf_utils = None
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_judge(spec: str, device: torch.device) -> Judge | None:
     loader = JUDGES.get(spec)
     if loader is not None:
         return loader(device)

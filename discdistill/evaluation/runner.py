@@ -131,7 +131,7 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
         raise ValueError("give exactly one of checkpoint and samples")
     device = resolve_device(config.device)
     judge_spec = config.judge or domain.default_judge
-    judge = load_judge(judge_spec, device)
+    judge = load_judge(judge_spec, device, progress=progress)
     if samples:
         steps: list[int | None] = list(config.steps) if len(config.steps) == len(samples) else [None] * len(samples)
         sets: Iterator[SampleSet] = iter(read_sets(domain, [Path(p) for p in samples], steps))
