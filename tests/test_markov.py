@@ -35,9 +35,9 @@ def test_domain_true_nll_per_token_by_hand():
     ids = torch.tensor([[3, 7, 7, 0]])
     by_hand = -(math.log(chain.stationary[3]) + math.log(chain.transition[3, 7]) + math.log(chain.transition[7, 7])
                 + math.log(chain.transition[7, 0])) / 4
-    assert float(domain.true_log_likelihood(ids)[0]) == pytest.approx(by_hand)
+    assert float(domain.true_nll_per_token(ids)[0]) == pytest.approx(by_hand)
     with pytest.raises(DataError):
-        domain.true_log_likelihood(torch.tensor([[3, 16]]))  # a mask left in a sample
+        domain.true_nll_per_token(torch.tensor([[3, 16]]))  # a mask left in a sample
 
 
 def test_chain_is_peaked_and_every_transition_possible():
@@ -56,7 +56,7 @@ def test_dataset_is_deterministic_and_matches_the_chain():
     assert not torch.equal(a[:100], domain.dataset("validation", 32, num=100))
     assert int(a.max()) < 16
     # empirical NLL per token of data is the expected value (H(pi) + (L-1) H) / L within noise
-    nll = domain.true_log_likelihood(a)
+    nll = domain.true_nll_per_token(a)
     assert float(nll.mean()) == pytest.approx(domain.chain.expected_nll_per_token(32), abs=4 * float(nll.std()) / 63)
     freq = torch.bincount(a.flatten(), minlength=16).double() / a.numel()
     assert torch.allclose(freq, domain.chain.stationary, atol=0.01)

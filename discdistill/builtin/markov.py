@@ -201,13 +201,13 @@ class MarkovDomain(Domain):
         atomic_write_json(path.with_name(path.name + ".meta.json"), metadata)
         return path
 
-    def true_log_likelihood(self, ids: torch.Tensor) -> torch.Tensor:
+    def true_nll_per_token(self, ids: torch.Tensor) -> torch.Tensor:
         """Exact NLL per token of each sequence, -log p(x) / L [B] (float64)."""
         return -self.chain.log_likelihood(ids) / ids.shape[1]
 
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor | None = None) -> dict[str, float]:
         """True NLL per token (mean over samples), its perplexity, unigram entropy; the same for ``reference``."""
-        nll = float(self.true_log_likelihood(samples).mean())
+        nll = float(self.true_nll_per_token(samples).mean())
         out = {
             "true_nll_per_token": nll,
             "true_ppl": math.exp(nll),
@@ -215,7 +215,7 @@ class MarkovDomain(Domain):
             "expected_data_nll_per_token": self.chain.expected_nll_per_token(samples.shape[1]),
         }
         if reference is not None and len(reference):
-            out["reference_true_nll_per_token"] = float(self.true_log_likelihood(reference).mean())
+            out["reference_true_nll_per_token"] = float(self.true_nll_per_token(reference).mean())
             out["reference_unigram_entropy"] = unigram_entropy(reference, self.chain.num_tokens)
         return out
 
