@@ -294,13 +294,17 @@ def test_reward_over_quadrature_times_matches_hand_average(tmp_path, reduce):
     expected_sigma = schedule.sigma(torch.tensor([0.35, 0.65], dtype=torch.float64)).float()
     assert torch.allclose(sigma, expected_sigma.repeat_interleave(3 * 8))
     assert bool(((z == MASK) | (z == x_fake.repeat(6, 1))).all())  # views are corruptions of x_fake
+    # quadrature weights omega(t) = (1 - eps) / (1 - alpha_t) = 1 / t at t = 0.35 and 0.65 (inside the clamp)
+    weight = [1 / 0.35, 1 / 0.65]
     for i in range(8):
         per_view = []
         for v in range(6):
             row = z[v * 8 + i]
             values = [min(10 * float(sigma[v * 8 + i]) + j, 5.0) for j in range(L) if row[j] == MASK]
             per_view.append(sum(values) if reduce == "sum" else (sum(values) / len(values) if values else 0.0))
-        assert float(rewards[i]) == pytest.approx(sum(per_view) / 6, rel=1e-5)
+        per_time = [sum(per_view[:3]) / 3, sum(per_view[3:]) / 3]
+        expected = (weight[0] * per_time[0] + weight[1] * per_time[1]) / sum(weight)
+        assert float(rewards[i]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError):
         tiny_config(reward_time_range=(0.8, 0.2))
 

@@ -74,8 +74,8 @@ class DistillConfig(StrictModel):
     reward_times: int = Field(
         1, gt=0, description="M: 1 = the reward is read at the sample's own t (method.md); M > 1 = averaged over "
         "the M midpoints of [tau_min, tau_max] split into equal parts, the same for every sample (a quadrature "
-        "of the integral over t; high-noise states keep the log-ratio out of saturation). Each t gets "
-        "reward_corruptions corruptions.")
+        "of the integral over t, weighted by omega(t_m), which then no longer weights the samples; high-noise "
+        "states keep the log-ratio out of saturation). Each t gets reward_corruptions corruptions.")
     reward_time_range: tuple[float, float] | None = Field(
         None, description="[low, high] split by the reward_times quadrature (None: [tau_min, tau_max]). High "
         "noise levels show few tokens, so the discriminator's log-odds stay in the range where they rank.")

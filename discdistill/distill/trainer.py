@@ -204,6 +204,8 @@ class DistillTrainer:
             rewards = self._rewards(x_fake, z_fake, t)
         adv = advantages(rewards, c.advantage_norm, c.group_size, c.advantage_clip)
         weights = omega(t, c.omega, c.omega_clamp, self.schedule)
+        if c.reward_times > 1:  # the quadrature already weighted its times by omega (_rewards)
+            weights = torch.ones_like(weights)
         if c.importance_weight:
             weights = weights / beta_density(t.double(), c.tau_alpha, c.tau_beta).float()
 
@@ -262,7 +264,8 @@ class DistillTrainer:
         """r = mean over times and K corruptions of the reduced clamped log-odds (discriminator in eval mode).
 
         reward_times = 1: at the sample's t, the first view being z_fake (the one the discriminator trained
-        on); M > 1: at the M quadrature midpoints, K fresh views each. One batched pass.
+        on); M > 1: at the M quadrature midpoints, K fresh views each, averaged with weights omega(t_m)
+        (the integral over t; the policy loss then weights every sample by 1). One batched pass.
         """
         c, n, k = self.config, x_fake.shape[0], self.config.reward_corruptions
         self.disc.eval()
@@ -277,8 +280,12 @@ class DistillTrainer:
         z_views = torch.cat(views)
         sigma = torch.cat([self.schedule.sigma(tm.double()).float() for tm in times for _ in range(k)])
         logits = self.disc(z_views, sigma)
-        rewards = self.objective.reward(logits, z_views == self.mask_id, c.reward_clamp)
-        return rewards.reshape(-1, n).mean(0)
+        rewards = self.objective.reward(logits, z_views == self.mask_id, c.reward_clamp).reshape(len(times), k, n)
+        if c.reward_times == 1:
+            return rewards.mean((0, 1))
+        # the integral over t: quadrature weights omega(t_m) (uniform for omega = constant), normalised
+        weight = omega(grid.float(), c.omega, c.omega_clamp, self.schedule)
+        return torch.einsum("m,mn->n", weight / weight.sum(), rewards.mean(1))
 
     def _corrupt_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z ~ q(. | x) at times t [N] (from the run's generator)."""
