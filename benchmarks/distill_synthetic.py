@@ -43,10 +43,11 @@ TEACHER = dict(model_preset="tiny", model_overrides={"hidden_size": 64, "cond_di
 STUDENT = dict(iterations=1000, warmup_steps=100, disc_warmup_steps=10, batch_rows=8, group_size=4, student_lr=1e-4,
                disc_lr=1e-3, ema_decay=0.99, save_every=10_000, device="cpu", seed=0)
 #: The best variant found on this domain (extensions and departures from method.md, each a config switch).
-#: A sequence-level discriminator (per-position logits summed), its reward read at 4 fixed noise levels in
-#: [0.1, 0.9] (all samples alike, so the whole batch is one comparison group).
-TUNED = dict(disc_objective="sequence", label_smoothing=0.0, reward_times=4, reward_time_range=(0.1, 0.9),
-             reward_corruptions=2, advantage_norm="batch", omega="constant")
+#: A sequence-level discriminator (per-position logits summed) whose reward is the integral over t itself:
+#: read at 8 fixed times spanning [0.02, 0.98], weighted by omega(t) ~ 1/t (all samples alike, so the
+#: whole batch is one comparison group).
+TUNED = dict(disc_objective="sequence", label_smoothing=0.0, reward_times=8, reward_time_range=(0.02, 0.98),
+             reward_corruptions=1, advantage_norm="batch", omega="simplified")
 #: The students: method defaults, the tuned variant, and the diagnostic fed the exact log-likelihood.
 VARIANTS = ("student", "tuned", "oracle-reward")
 QUICK_TEACHER = dict(steps=600)
