@@ -177,10 +177,7 @@ def sample(
     if _can_sample_sparse(denoiser, z, step_rule, precision):
         return _sample_sparse(denoiser, z, steps=steps, mask_id=mask_id, schedule=schedule, noise_removal=noise_removal,
                               cache=cache, time_conditioned=time_conditioned, t_min=t_min, generator=generator)
-    grid = time_grid(steps, t_min, device)
-    alphas = schedule.alpha(grid)
-    alphas[-1] = 1.0  # the last step removes all remaining noise (fused noise removal)
-    sigmas = schedule.sigma(grid).float()
+    alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, device)
     zero_sigma = torch.zeros(num_samples, device=device)
     logits: torch.Tensor | None = None
     previous: torch.Tensor | None = None
@@ -203,6 +200,16 @@ def sample(
         )
         z = step_rule(z, logits, ctx)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
+
+
+def _alphas_and_sigmas(steps: int, t_min: float, schedule: LogLinearSchedule,
+                       device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha (float64) and sigma (float32) on the time grid; the last alpha is 1: the last step removes
+    all remaining noise (fused noise removal)."""
+    grid = time_grid(steps, t_min, device)
+    alphas = schedule.alpha(grid)
+    alphas[-1] = 1.0
+    return alphas, schedule.sigma(grid).float()
 
 
 def _initial_state(num_samples: int, seq_len: int, mask_id: int, z_init: torch.Tensor | None,
@@ -235,10 +242,7 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
     not change are reused instead of their logits.
     """
     num_samples = z.shape[0]
-    grid = time_grid(steps, t_min, z.device)
-    alphas = schedule.alpha(grid)
-    alphas[-1] = 1.0  # fused noise removal
-    sigmas = schedule.sigma(grid).float()
+    alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, z.device)
     zero_sigma = torch.zeros(num_samples, device=z.device)
     features: tuple[torch.Tensor, torch.Tensor] | None = None
     previous: torch.Tensor | None = None

@@ -133,6 +133,8 @@ def test_sequence_objective_by_hand():
     masks = torch.zeros(2, 3, dtype=torch.bool)
     assert float(objective.loss(logits_real, logits_fake, masks, masks, 0.1)) == pytest.approx(float(loss))
     assert isinstance(make_objective("token", "sum"), TokenObjective)
+    with pytest.raises(ValueError, match="unknown discriminator objective 'ratio'"):
+        make_objective("ratio")
     token = make_objective("token", "sum").reward(logits_real, torch.ones(2, 3, dtype=torch.bool), 8.0)
     assert torch.allclose(token, torch.tensor([1.5, 0.6]))
 

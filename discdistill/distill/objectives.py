@@ -15,6 +15,7 @@ compares them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -73,9 +74,15 @@ class SequenceObjective(DiscriminatorObjective):
         return sequence_log_odds_reward(logits, clamp)
 
 
-def make_objective(kind: Literal["token", "sequence"], reward_reduce: Literal["mean", "sum"] = "mean",
-                   ) -> DiscriminatorObjective:
+#: ``disc_objective`` -> factory taking ``reward_reduce`` (which only the token objective uses).
+OBJECTIVES: dict[str, Callable[[Literal["mean", "sum"]], DiscriminatorObjective]] = {
+    "token": TokenObjective,
+    "sequence": lambda reward_reduce: SequenceObjective(),
+}
+
+
+def make_objective(kind: str, reward_reduce: Literal["mean", "sum"] = "mean") -> DiscriminatorObjective:
     """The objective a `DistillConfig` names (``disc_objective``, ``reward_reduce``)."""
-    if kind == "sequence":
-        return SequenceObjective()
-    return TokenObjective(reward_reduce)
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown discriminator objective {kind!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[kind](reward_reduce)
