@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from discdistill import plugins
+from discdistill.config import model_config_from_preset
+from discdistill.models import DiT
 
 TOY_PLUGIN = '''
 from pathlib import Path
@@ -89,3 +91,19 @@ def toy_plugin(site_dir):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def small_dit(vocab_size: int, mask_id: int, seq_len: int, *, seed: int = 0, blocks: int = 2,
+              structured: bool = True) -> DiT:
+    """A 32-wide DiT for fast tests, in eval mode. ``structured``: the adaLN-zero and zero-initialised output
+    weights are drawn from N(0, 0.3), so the logits are not uniform from the start."""
+    torch.manual_seed(seed)
+    config = model_config_from_preset("tiny", vocab_size=vocab_size, mask_id=mask_id, seq_len=seq_len,
+                                      hidden_size=32, n_heads=2, cond_dim=16, n_blocks=blocks)
+    model = DiT(config).eval()
+    if structured:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.3)
+    return model

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from discdistill.checkpoint import load_pretrained
-from discdistill.config import model_config_from_preset
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
 from discdistill.distill.discriminator import DiTDiscriminator, load_discriminator, save_discriminator
@@ -17,20 +16,13 @@ from discdistill.distill.rollout import sample_tau, student_rollout
 from discdistill.distill.trainer import DistillTrainer, distill
 from discdistill.errors import ConfigError, DataError
 from discdistill.models import DiT
+from tests.conftest import small_dit
 
 V, L, MASK = 6, 8, 5
 
 
 def tiny_dit(seed: int = 0, blocks: int = 2) -> DiT:
-    torch.manual_seed(seed)
-    config = model_config_from_preset("tiny", vocab_size=V, mask_id=MASK, seq_len=L, hidden_size=32, n_heads=2,
-                                      cond_dim=16, n_blocks=blocks)
-    model = DiT(config)
-    with torch.no_grad():  # adaLN-zero starts at uniform logits; give the output some structure
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.3)
-    return model
+    return small_dit(V, MASK, L, seed=seed, blocks=blocks).train()
 
 
 def tiny_config(**overrides) -> DistillConfig:
@@ -307,6 +299,8 @@ def test_reward_over_quadrature_times_matches_hand_average(tmp_path, reduce):
         assert float(rewards[i]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError):
         tiny_config(reward_time_range=(0.8, 0.2))
+    with pytest.raises(ValueError, match="importance_weight=true needs reward_times=1"):
+        tiny_config(reward_times=2, importance_weight=True)
 
 
 def test_group_common_noise_shares_tau_unmasking_and_corruption(tmp_path):

@@ -5,21 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discdistill.config import model_config_from_preset
 from discdistill.distill.config import RGASConfig
 from discdistill.distill.discriminator import DiTDiscriminator, save_discriminator
 from discdistill.distill.rgas import RGAS, load_rgas
 from discdistill.errors import CheckpointError
 from discdistill.models import DiT
 from discdistill.sampling import sample
+from tests.conftest import small_dit
 
 V, L, MASK = 6, 8, 5
 
 
 def tiny_dit(seed: int = 0) -> DiT:
-    torch.manual_seed(seed)
-    return DiT(model_config_from_preset("tiny", vocab_size=V, mask_id=MASK, seq_len=L, hidden_size=32, n_heads=2,
-                                        cond_dim=16, n_blocks=1)).eval()
+    return small_dit(V, MASK, L, seed=seed, blocks=1, structured=False)
 
 
 class LikesTokenZero(torch.nn.Module):

@@ -7,6 +7,7 @@ import torch
 
 from discdistill.diffusion import posterior_probs, subs_log_probs
 from discdistill.sampling import StepContext, ancestral_step, sample, sample_categorical
+from tests.conftest import small_dit
 
 V, MASK = 5, 4
 # chi-square 0.999 quantile for 4 degrees of freedom (5 outcomes): a correct sampler fails 1 in 1000 seeds
@@ -148,26 +149,11 @@ def test_generate_turns_the_exact_cache_on_only_when_steps_exceed_length(monkeyp
     assert torch.equal(runs[64, None], runs[64, False])  # exact: same samples for one seed
 
 
-def _tiny_dit():
-    from discdistill.config import model_config_from_preset
-    from discdistill.models import DiT
-
-    torch.manual_seed(0)
-    config = model_config_from_preset("tiny", vocab_size=V, mask_id=MASK, seq_len=12, hidden_size=32, n_heads=2,
-                                      cond_dim=16, n_blocks=2)
-    model = DiT(config).eval()
-    with torch.no_grad():  # adaLN-zero starts at uniform logits; give the output some structure
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.3)
-    return model
-
-
 @pytest.mark.parametrize("steps, cache, noise_removal", [(1, False, "sample"), (4, False, "sample"),
                                                          (30, True, "sample"), (6, False, "argmax")])
 def test_sparse_output_layer_path_gives_the_dense_ids(steps, cache, noise_removal, monkeypatch):
     """On CPU a DiT's output layer runs only where tokens are drawn; the ids equal the dense loop's."""
-    model = _tiny_dit()
+    model = small_dit(V, MASK, 12)
     dense = lambda z, sigma: model(z, sigma)  # noqa: E731 - a plain callable takes the dense path
     rows_scored = []
     original = type(model).logits_from_features

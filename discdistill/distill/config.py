@@ -49,7 +49,8 @@ class DistillConfig(StrictModel):
         "clamped to omega_clamp; 'constant' = 1.")
     omega_clamp: tuple[float, float] = Field((0.1, 10.0), description="[low, high] clamp of the simplified omega.")
     importance_weight: bool = Field(
-        False, description="Divide omega by the density of the tau distribution (Beta pdf) at t.")
+        False, description="Divide omega by the density of the tau distribution (Beta pdf) at t "
+        "(reward_times = 1 only: a quadrature over t has no sampling density to correct).")
 
     # ------------------------------------------------------------------ discriminator (method.md §2.3)
     positives: Literal["data", "teacher"] = Field(
@@ -128,6 +129,10 @@ class DistillConfig(StrictModel):
             raise ValueError(f"tau_min ({self.tau_min}) must be < tau_max ({self.tau_max})")
         if self.reward_time_range is not None and not 0 < self.reward_time_range[0] < self.reward_time_range[1] < 1:
             raise ValueError(f"reward_time_range must be 0 < low < high < 1, got {self.reward_time_range}")
+        if self.importance_weight and self.reward_times > 1:
+            raise ValueError("importance_weight=true needs reward_times=1: with reward_times > 1 the reward is a "
+                             "quadrature over fixed times, not a draw from the tau distribution, so there is no "
+                             "density to divide by")
         low, high = self.omega_clamp
         if not 0 < low <= high:
             raise ValueError(f"omega_clamp must be 0 < low <= high, got {self.omega_clamp}")

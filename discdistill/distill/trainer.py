@@ -206,7 +206,7 @@ class DistillTrainer:
         weights = omega(t, c.omega, c.omega_clamp, self.schedule)
         if c.reward_times > 1:  # the quadrature already weighted its times by omega (_rewards)
             weights = torch.ones_like(weights)
-        if c.importance_weight:
+        elif c.importance_weight:  # config refuses it with the quadrature
             weights = weights / beta_density(t.double(), c.tau_alpha, c.tau_beta).float()
 
         # 6. student loss and step
