@@ -9,11 +9,11 @@
 # reports OUT/eval-teacher/, OUT/eval-student/ (eval.json + eval.md). docs/benchmarks.md quotes a run.
 set -euo pipefail
 OUT=${1:?usage: protein_pipeline.sh OUT}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}
-TRAIN_ITERATIONS=${TRAIN_ITERATIONS:-150}
-TRAIN_ROWS=${TRAIN_ROWS:-8}
-EVAL_SAMPLES=${EVAL_SAMPLES:-256}
-TRAIN_SET=${TRAIN_SET:-"--student-lr 3e-5 --set warmup_steps=15 --set disc_lr=1e-3 --set disc_warmup_steps=10 --set ema_decay=0.95 --set kl_weight=1.0 --set disc_objective=sequence"}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1200}
+TRAIN_ITERATIONS=${TRAIN_ITERATIONS:-300}
+TRAIN_ROWS=${TRAIN_ROWS:-4}
+EVAL_SAMPLES=${EVAL_SAMPLES:-1024}
+TRAIN_SET=${TRAIN_SET:-"--student-lr 5e-5 --set warmup_steps=15 --set disc_lr=1e-3 --set disc_warmup_steps=10 --set ema_decay=0.95 --set kl_weight=0.5 --set disc_objective=sequence"}
 mkdir -p "$OUT"
 
 stage() {  # stage NAME COMMAND...: run, time, append "NAME": seconds to OUT/timings.tmp
