@@ -9,7 +9,7 @@
 # reports OUT/eval-teacher/, OUT/eval-student/ (eval.json + eval.md). docs/benchmarks.md quotes a run.
 set -euo pipefail
 OUT=${1:?usage: protein_pipeline.sh OUT}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1200}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2400}
 TRAIN_ITERATIONS=${TRAIN_ITERATIONS:-300}
 TRAIN_ROWS=${TRAIN_ROWS:-4}
 EVAL_SAMPLES=${EVAL_SAMPLES:-1024}

@@ -128,6 +128,20 @@ def test_float32_sampling_truncates_the_tail_and_float64_does_not():
     assert drawn["float32"] == 0  # Poisson(~0.1)
 
 
+def test_sample_categorical_draws_do_not_depend_on_the_chunk_size(monkeypatch):
+    """The float64 inverse-CDF scratch is chunked (per device type); chunks change memory, not draws."""
+    from discdistill import sampling
+
+    probs = torch.rand(37, 11, dtype=torch.float64) ** 4  # unnormalised, uneven
+    draws = {}
+    for chunk in (2**21, 11, 3 * 11, 5):  # one chunk; one row a chunk; three rows; below one row
+        monkeypatch.setitem(sampling._CDF_CHUNK_ELEMENTS, "cpu", chunk)
+        draws[chunk] = sample_categorical(probs, "float64", torch.Generator().manual_seed(3))
+    for chunk, ids in draws.items():
+        assert torch.equal(ids, draws[2**21]), chunk
+    assert draws[2**21].unique().numel() > 5  # a real draw, not a constant
+
+
 def test_sample_categorical_with_no_rows_draws_nothing():
     draws = sample_categorical(torch.ones(0, 7))
     assert draws.shape == (0,) and draws.dtype == torch.long
