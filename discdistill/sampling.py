@@ -116,8 +116,7 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     stay_prob = (1.0 - ctx.alpha_s) / (1.0 - ctx.alpha_t)
     unmask = masked & ~sample_bernoulli(stay_prob.expand(z.shape), ctx.precision, ctx.generator)
     if z.is_cuda:  # static shapes: capturable in a CUDA graph, no host sync
-        tokens = sample_categorical(subs_log_probs(logits, z, ctx.mask_id).exp(), ctx.precision, ctx.generator)
-        return torch.where(unmask, tokens, z)
+        return torch.where(unmask, draw_at_every_position(logits, ctx), z)
     # CPU: a host sync is free, while a softmax and a float64 CDF over V at every position cost about
     # two forwards of a small network; only the positions that unmask this step need a token.
     where = unmask.nonzero(as_tuple=True)
@@ -125,6 +124,20 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     z_next = z.clone()
     z_next[where] = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
     return z_next
+
+
+def draw_at_every_position(logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """A token [B, L] from p(x_0 | z_t) at every position (static shapes, for CUDA graphs).
+
+    Only masked positions keep their draw, and there the SUBS distribution is the softmax with the
+    mask logit removed; the carry-over one-hots of `subs_log_probs` are never needed. Two passes over
+    [B, L, V] in float32 (cast with the mask column removed, softmax) instead of seven.
+    """
+    masked_out = logits.float()
+    if masked_out.data_ptr() == logits.data_ptr():  # already float32: do not write into the caller's logits
+        masked_out = masked_out.clone()
+    masked_out[..., ctx.mask_id] = float("-inf")
+    return sample_categorical(masked_out.softmax(-1), ctx.precision, ctx.generator)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from discdistill.diffusion import posterior_probs, subs_log_probs
-from discdistill.sampling import StepContext, ancestral_step, sample, sample_categorical
+from discdistill.sampling import StepContext, ancestral_step, draw_at_every_position, sample, sample_categorical
 from tests.conftest import small_dit
 
 V, MASK = 5, 4
@@ -41,6 +41,22 @@ def test_ancestral_step_matches_exact_posterior(precision):
     exact = posterior_probs(subs_log_probs(logits[None], z[:1], MASK).double(), z[:1], 0.3, 0.6, MASK)[0]
     for position in range(2):
         counts = torch.bincount(z_next[:, position], minlength=V).double()
+        assert chi_square(counts, exact[position]) < CHI2_4_999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_static_shape_draw_follows_subs_at_masked_positions(dtype):
+    """The CUDA branch's draw (every position, mask logit removed) has SUBS's law where z is masked,
+    never draws the mask, and leaves the caller's logits untouched."""
+    logits = torch.tensor([[1.0, 0.0, -1.0, 0.5, 3.0], [2.0, 2.0, 0.0, -3.0, 0.0]], dtype=dtype)
+    batch = logits.expand(20000, 2, V).contiguous()
+    before = batch.clone()
+    tokens = draw_at_every_position(batch, context(0.3, 0.6))
+    assert torch.equal(batch, before)
+    assert tokens.shape == (20000, 2) and not (tokens == MASK).any()
+    exact = subs_log_probs(logits[None].float(), torch.full((1, 2), MASK), MASK)[0].exp().double()
+    for position in range(2):
+        counts = torch.bincount(tokens[:, position], minlength=V).double()
         assert chi_square(counts, exact[position]) < CHI2_4_999
 
 
