@@ -18,6 +18,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,64 @@ class _StateView:
         return self._state
 
 
+@dataclass
+class _TrainingState:
+    """What a pre-training run updates: the (possibly wrapped) objective, optimiser, schedule, skip guard."""
+
+    model: DiT  # the unwrapped teacher (its parameters are the ones clipped and stepped)
+    objective: nn.Module  # ElboObjective, or its DDP/FSDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    guard: NonfiniteGuard
+    mode: str  # "single", "ddp" or "fsdp"
+    start: int  # first step to run (0, or the resumed step)
+
+    def optimizer_step(self, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor, ctx: DistContext,
+                       config: PretrainConfig) -> tuple[float, Any]:
+        """One optimiser step on the global batch; a non-finite loss skips the update, not the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = accumulate_gradients(self.objective, x, t, u, ctx, config.grad_accum)
+        grads = clip_grad_norm_finite_(self.model.parameters(), config.grad_clip)
+        if math.isfinite(loss_value):  # the mean over ranks: all ranks agree
+            self.optimizer.step()
+        self.scheduler.step()  # the schedule follows the step index, skipped or not
+        return loss_value, grads
+
+    def checkpoint(self, step: int, out_dir: Path, config: PretrainConfig, ctx: DistContext) -> None:
+        model_sd, optim_sd = full_state_dicts(self.objective, self.optimizer, self.mode)  # a collective under FSDP
+        ctx.on_main(lambda: save_training_state(
+            out_dir / STATE_DIR, modules={"model": _StateView(model_sd)}, optimizers={"model": _StateView(optim_sd)},
+            schedulers={"model": self.scheduler}, meta={"step": step, "config": config.model_dump(), **self.guard.state()},
+            keep=config.keep_checkpoints))
+
+
+def _start_training(config: PretrainConfig, model: DiT, out_dir: Path, resume: bool, ctx: DistContext) -> _TrainingState:
+    """Optimiser, schedule and guard for ``model`` (loaded from OUT/checkpoint on resume), wrapped for ``ctx``."""
+    mode = parallel_mode(config, ctx)
+    objective = ElboObjective(model, LogLinearSchedule(config.schedule.eps), config.time_conditioned)
+    optimizer = make_adamw(model.parameters(), config.lr, weight_decay=config.weight_decay)
+    scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.steps)
+    guard, start = NonfiniteGuard(config.max_nonfinite), 0
+    if resume:
+        meta, _ = load_latest_training_state(out_dir / STATE_DIR, modules={"model": model},
+                                             optimizers={"model": optimizer}, schedulers={"model": scheduler})
+        check_resumable(meta["config"], config.model_dump(), out_dir)
+        start = meta["step"]
+        guard = NonfiniteGuard(config.max_nonfinite, meta.get("nonfinite_skipped", 0), meta.get("nonfinite_streak", 0))
+    unsharded_state = optimizer.state_dict() if mode == "fsdp" else None  # taken before sharding
+    wrapped = wrap_objective(objective, mode, ctx)
+    if unsharded_state is not None:  # sharding replaced the parameters: rebuild the optimiser over the shards
+        optimizer, scheduler = _fsdp_optimizer(wrapped, unsharded_state, scheduler, config, resume)
+    return _TrainingState(model, wrapped, optimizer, scheduler, guard, mode, start)
+
+
+def _check_blocks(train: torch.Tensor, validation: torch.Tensor) -> None:
+    if train.dim() != 2 or len(train) == 0:
+        raise DataError("the training set is empty: no full block of tokens could be built from the input")
+    if len(validation) == 0:
+        raise DataError("the validation set is empty: provide more data or a shorter --seq-len")
+
+
 def pretrain(
     config: PretrainConfig,
     train: torch.Tensor,
@@ -303,48 +362,18 @@ def pretrain(
     size or on ``grad_accum`` beyond float rounding (with dropout 0; dropout masks differ per shard).
     """
     out_dir = Path(out_dir)
-    if train.dim() != 2 or len(train) == 0:
-        raise DataError("the training set is empty: no full block of tokens could be built from the input")
-    if len(validation) == 0:
-        raise DataError("the validation set is empty: provide more data or a shorter --seq-len")
+    _check_blocks(train, validation)
     ctx = ctx or init_distributed(config.device)
     ctx.shard(config.batch_size, config.grad_accum)  # refuse an uneven split before any work
     if ctx.is_main:
         ensure_writable(out_dir)
-    device, mode = ctx.device, parallel_mode(config, ctx)
+    device, seq_len = ctx.device, train.shape[1]
     torch.manual_seed(config.seed)
-    seq_len = train.shape[1]
-    model = build_teacher(config, vocab_size, mask_id, seq_len).to(device)
-    schedule = LogLinearSchedule(config.schedule.eps)
-    objective = ElboObjective(model, schedule, config.time_conditioned)
-    optimizer = make_adamw(model.parameters(), config.lr, weight_decay=config.weight_decay)
-    scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.steps)
-    guard = NonfiniteGuard(config.max_nonfinite)
-    start = 0
-    if resume:
-        meta, _ = load_latest_training_state(out_dir / STATE_DIR, modules={"model": model},
-                                             optimizers={"model": optimizer}, schedulers={"model": scheduler})
-        check_resumable(meta["config"], config.model_dump(), out_dir)
-        start = meta["step"]
-        guard = NonfiniteGuard(config.max_nonfinite, meta.get("nonfinite_skipped", 0), meta.get("nonfinite_streak", 0))
-    if mode == "fsdp":  # sharding replaces the parameters: rebuild the optimiser over the shards
-        optim_state = optimizer.state_dict()
-        wrapped = wrap_objective(objective, mode, ctx)
-        optimizer, scheduler = _fsdp_optimizer(wrapped, optim_state, scheduler, config, resume)
-    else:
-        wrapped = wrap_objective(objective, mode, ctx)
+    run = _start_training(config, build_teacher(config, vocab_size, mask_id, seq_len).to(device), out_dir, resume, ctx)
     batches = EpochBatches(len(train), config.batch_size, config.seed)
-    log = MetricsLog(out_dir / METRICS_FILE, start_step=start) if ctx.is_main else None
-
-    def checkpoint(step: int) -> None:
-        model_sd, optim_sd = full_state_dicts(wrapped, optimizer, mode)  # a collective under FSDP
-        ctx.on_main(lambda: save_training_state(
-            out_dir / STATE_DIR, modules={"model": _StateView(model_sd)}, optimizers={"model": _StateView(optim_sd)},
-            schedulers={"model": scheduler}, meta={"step": step, "config": config.model_dump(), **guard.state()},
-            keep=config.keep_checkpoints))
-
-    wrapped.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain",
+    log = MetricsLog(out_dir / METRICS_FILE, start_step=run.start) if ctx.is_main else None
+    run.objective.train()
+    bar = tqdm(range(run.start, config.steps), initial=run.start, total=config.steps, desc="pretrain",
                disable=not (progress and ctx.is_main))
     stop = StopRequest()
     try:
@@ -354,21 +383,15 @@ def pretrain(
                 torch.manual_seed((config.seed * 0x9E3779B1 + step) % 2**63 + ctx.rank)  # dropout: a function of step
                 x = train[batches.indices(step)].to(device).long()  # memory-mapped corpora may be uint16
                 t, u = draw_noise(len(x), seq_len, config.t_min, device, step_generator(config.seed, step, device))
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = accumulate_gradients(wrapped, x, t, u, ctx, config.grad_accum)
-                finite = math.isfinite(loss_value)  # the mean over ranks: all ranks agree
-                grads = clip_grad_norm_finite_(model.parameters(), config.grad_clip)
-                if finite:
-                    optimizer.step()
-                scheduler.step()  # the schedule follows the step index, skipped or not
+                loss_value, grads = run.optimizer_step(x, t, u, ctx, config)
                 done = step + 1
-                guard.update(finite, done, out_dir / STATE_DIR)
+                run.guard.update(math.isfinite(loss_value), done, out_dir / STATE_DIR)
                 if done % config.log_every == 0 or done == config.steps:
                     record = {"step": done, "loss": loss_value, "grad_norm": grads.norm,
-                              "nonfinite_grad": grads.nonfinite, "nonfinite_skipped": guard.skipped,
-                              "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
+                              "nonfinite_grad": grads.nonfinite, "nonfinite_skipped": run.guard.skipped,
+                              "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
                     if done % config.eval_every == 0 or done == config.steps:
-                        record["val_nll"] = validation_nll(wrapped, validation, config, device)
+                        record["val_nll"] = validation_nll(run.objective, validation, config, device)
                         record["val_ppl_bound"] = math.exp(record["val_nll"])
                         if ctx.is_main:
                             bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
@@ -377,19 +400,25 @@ def pretrain(
                         log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.3f}")
                 if ctx.any(stop.requested):
-                    checkpoint(done)
+                    run.checkpoint(done, out_dir, config, ctx)
                     raise TrainingInterrupted(f"interrupted at step {done}: checkpoint saved in "
                                               f"{out_dir / STATE_DIR}; continue with --resume")
                 if done % config.save_every == 0 and done < config.steps:
-                    checkpoint(done)
+                    run.checkpoint(done, out_dir, config, ctx)
     finally:
         if log is not None:
             log.close()
         bar.close()
-    checkpoint(config.steps)
+    run.checkpoint(config.steps, out_dir, config, ctx)
+    return _save_teacher(run, config, validation, out_dir, vocab_size, mask_id, seq_len, extra, ctx)
+
+
+def _save_teacher(run: _TrainingState, config: PretrainConfig, validation: torch.Tensor, out_dir: Path,
+                  vocab_size: int, mask_id: int, seq_len: int, extra: dict[str, Any] | None, ctx: DistContext) -> Path:
+    """Write OUT/model (full weights, gathered under FSDP) with the run's config and final validation NLL."""
     info = {"steps": config.steps, "config": config.model_dump(), "time_conditioned": config.time_conditioned,
-            "val_nll": validation_nll(wrapped, validation, config, device)}
-    model_sd, _ = full_state_dicts(wrapped, optimizer, mode)
+            "val_nll": validation_nll(run.objective, validation, config, ctx.device)}
+    model_sd, _ = full_state_dicts(run.objective, run.optimizer, run.mode)
     if ctx.is_main:
         final = build_teacher(config, vocab_size, mask_id, seq_len)
         final.load_state_dict(model_sd)
