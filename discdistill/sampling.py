@@ -245,24 +245,25 @@ def _can_sample_sparse(denoiser: Denoise, z: torch.Tensor, step_rule: StepRule, 
 def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, mask_id: int,
                    schedule: LogLinearSchedule, noise_removal: Literal["sample", "argmax"], cache: bool,
                    time_conditioned: bool, t_min: float, generator: torch.Generator | None) -> SampleOutput:
-    """`sample` with `ancestral_step` on CPU, running the V-way output layer only where a token is drawn.
+    """`sample` with `ancestral_step` on CPU, running the network only where a token is drawn.
 
     Per step the positions that unmask are drawn first (the Bernoulli of the ancestral posterior does
-    not depend on the logits), then the trunk runs on z and the output layer on those positions only:
-    with N steps over L positions that is about L / N of them, so the output layer, which dominates
-    small models with a large vocabulary, costs one full pass over the whole run instead of N. The
-    random draws are made in the same order as `ancestral_step`'s CPU path, so both give the same ids
-    (up to float rounding in the smaller matmul). With ``cache`` the trunk's features of rows that did
-    not change are reused instead of their logits.
+    not depend on the logits); then the trunk runs only on the rows that draw a token this step, and the
+    V-way output layer only at the drawn positions. With N steps over L positions that is about L / N
+    positions a step, so the output layer, which dominates small models with a large vocabulary, costs
+    one full pass over the whole run instead of N, and with N >> L most steps skip most rows' trunk
+    (exact, also for time-conditioned denoisers: a row's features are computed at the step that uses
+    them). The random draws are made in the same order as `ancestral_step`'s CPU path, so both give the
+    same ids (up to float rounding in the smaller matmuls). With ``cache`` a row's trunk features are
+    reused while the row has not changed since they were computed.
     """
     num_samples = z.shape[0]
     alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, z.device)
     zero_sigma = torch.zeros(num_samples, device=z.device)
-    features: tuple[torch.Tensor, torch.Tensor] | None = None
-    previous: torch.Tensor | None = None
+    features: tuple[torch.Tensor, torch.Tensor] | None = None  # per row, computed at state `featured`
+    featured = torch.full_like(z, -1)  # no row has features yet
     nfe = rows = 0
     for i in range(steps):
-        sigma = sigmas[i].expand(num_samples) if time_conditioned else zero_sigma
         masked = z == mask_id
         last = i == steps - 1
         if last and noise_removal == "argmax":
@@ -270,16 +271,16 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
         else:
             stay_prob = (1.0 - alphas[i + 1]) / (1.0 - alphas[i])
             unmask = masked & ~sample_bernoulli(stay_prob.expand(z.shape), "float64", generator)
-        if cache and features is not None:
-            changed = (z != previous).any(-1).nonzero().squeeze(1)
-            if changed.numel():
-                h_new, c_new = denoiser.features(z[changed], sigma[changed])
-                features[0][changed], features[1][changed] = h_new.to(features[0].dtype), c_new.to(features[1].dtype)
-                nfe, rows = nfe + 1, rows + changed.numel()
-        else:
-            features = denoiser.features(z, sigma)
-            nfe, rows = nfe + 1, rows + num_samples
-        previous = z
+        needed = unmask.any(-1)
+        stale = needed & (z != featured).any(-1) if cache else needed
+        run = stale.nonzero().squeeze(1)
+        if run.numel():
+            sigma = sigmas[i].expand(num_samples) if time_conditioned else zero_sigma
+            features = _update_features(denoiser, features, z, sigma, run)
+            featured[run] = z[run]
+            nfe, rows = nfe + 1, rows + run.numel()
+        if not needed.any():
+            continue
         where = unmask.nonzero(as_tuple=True)
         log_p = subs_log_probs(denoiser.logits_from_features(*features, unmask), z[where], mask_id)
         z = z.clone()
@@ -288,3 +289,15 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
         else:
             z[where] = sample_categorical(log_p.exp(), "float64", generator)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
+
+
+def _update_features(denoiser: FeatureDenoiser, features: tuple[torch.Tensor, torch.Tensor] | None,
+                     z: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trunk features (h [B, L, H], c [B, C]) with ``rows`` recomputed at z; the whole batch in one call if all."""
+    if rows.numel() == z.shape[0]:
+        return denoiser.features(z, sigma)
+    h_new, c_new = denoiser.features(z[rows], sigma[rows])
+    if features is None:  # first pass covers some rows only: the others are filled before they are read
+        features = (h_new.new_zeros((z.shape[0], *h_new.shape[1:])), c_new.new_zeros((z.shape[0], *c_new.shape[1:])))
+    features[0][rows], features[1][rows] = h_new.to(features[0].dtype), c_new.to(features[1].dtype)
+    return features
