@@ -50,7 +50,8 @@ def sample_categorical(probs: torch.Tensor, precision: Precision = "float64",
         return (probs.float() / exponential).argmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     uniforms = torch.rand(flat.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
-    rows_per_chunk = max(1, _CDF_CHUNK_ELEMENTS.get(probs.device.type, 2**21) // flat.shape[-1])
+    chunk = _CDF_CHUNK_ELEMENTS.get(probs.device.type, _CDF_CHUNK_ELEMENTS["cpu"])
+    rows_per_chunk = max(1, chunk // flat.shape[-1])
     draws = [torch.empty(0, 1, dtype=torch.long, device=probs.device)]  # zero rows: nothing to draw
     for start in range(0, flat.shape[0], rows_per_chunk):
         cdf = flat[start:start + rows_per_chunk].double().cumsum(-1)
@@ -133,9 +134,7 @@ def draw_at_every_position(logits: torch.Tensor, ctx: StepContext) -> torch.Tens
     mask logit removed; the carry-over one-hots of `subs_log_probs` are never needed. Two passes over
     [B, L, V] in float32 (cast with the mask column removed, softmax) instead of seven.
     """
-    masked_out = logits.float()
-    if masked_out.data_ptr() == logits.data_ptr():  # already float32: do not write into the caller's logits
-        masked_out = masked_out.clone()
+    masked_out = logits.to(torch.float32, copy=True)  # a copy even when float32: the caller's logits stay intact
     masked_out[..., ctx.mask_id] = float("-inf")
     return sample_categorical(masked_out.softmax(-1), ctx.precision, ctx.generator)
 
