@@ -169,7 +169,8 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
         knobs = explicit(rerank_ratio=rerank_ratio, candidates=candidates, h_start=h_start, h_end=h_end)
         step_rule = load_rgas(checkpoint, build(RGASConfig, knobs), map_location=torch_device)
     result = generate(model, config, device=torch_device, time_conditioned=time_conditioned,
-                      step_rule=step_rule, initial_state=target.initial_state)
+                      step_rule=step_rule, initial_state=target.initial_state,
+                      forbidden_tokens=target.forbidden_tokens())
     out_file = out_file or checkpoint / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
     metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
                 "precision": config.precision, "noise_removal": config.noise_removal}

@@ -136,6 +136,14 @@ class Domain(ABC):
         """
         return None
 
+    def forbidden_tokens(self) -> tuple[int, ...]:
+        """Token ids the sampler must never draw at a masked position (default: none).
+
+        E.g. a protein domain that fixes each sample's length in `initial_state` forbids EOS, PAD and
+        BOS, so the masked span fills with exactly that many residues.
+        """
+        return ()
+
     @abstractmethod
     def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
         """Write decoded samples in the domain's format; return the path written."""

@@ -24,7 +24,7 @@ Decisions (see docs/architecture.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -169,6 +169,7 @@ def sample(
     device: torch.device | str = "cpu",
     step_rule: StepRule = ancestral_step,
     z_init: torch.Tensor | None = None,
+    forbidden_tokens: Sequence[int] = (),
 ) -> SampleOutput:
     """Generate ``num_samples`` sequences of ``seq_len`` ids with ``steps`` denoiser passes.
 
@@ -180,6 +181,8 @@ def sample(
         time_conditioned: pass sigma_t to the denoiser; otherwise sigma = 0, as MDLM does.
         step_rule: how z_t and the logits become z_s (`ancestral_step`, or RGAS's rule).
         z_init: start from this partly masked [B, L] state instead of all-mask (infilling, prompts).
+        forbidden_tokens: ids never drawn at a masked position (their logits are set to -inf), e.g.
+            a domain's special tokens when the lengths are fixed by ``z_init``.
 
     Returns ids with no mask left, and the number of denoiser calls.
     """
@@ -187,9 +190,14 @@ def sample(
     if cache and time_conditioned:
         raise ValueError("cache=True needs a time-unconditioned denoiser (its output must not depend on t)")
     z = _initial_state(num_samples, seq_len, mask_id, z_init, device)
+    forbidden_ids = [int(t) for t in forbidden_tokens]
+    if any(not 0 <= t < mask_id for t in forbidden_ids):
+        raise ValueError(f"forbidden_tokens must be token ids below the mask id {mask_id}, got {forbidden_ids}")
+    forbidden = torch.tensor(forbidden_ids, dtype=torch.long, device=z.device)
     if _can_sample_sparse(denoiser, z, step_rule, precision):
         return _sample_sparse(denoiser, z, steps=steps, mask_id=mask_id, schedule=schedule, noise_removal=noise_removal,
-                              cache=cache, time_conditioned=time_conditioned, t_min=t_min, generator=generator)
+                              cache=cache, time_conditioned=time_conditioned, t_min=t_min, generator=generator,
+                              forbidden=forbidden)
     alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, device)
     zero_sigma = torch.zeros(num_samples, device=device)
     logits: torch.Tensor | None = None
@@ -211,7 +219,7 @@ def sample(
             sigma_s=sigmas[i + 1], index=i, num_steps=steps, precision=precision,
             noise_removal=noise_removal, generator=generator,
         )
-        z = step_rule(z, logits, ctx)
+        z = step_rule(z, _forbid(logits, forbidden), ctx)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
 
 
@@ -243,7 +251,8 @@ def _can_sample_sparse(denoiser: Denoise, z: torch.Tensor, step_rule: StepRule, 
 
 def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, mask_id: int,
                    schedule: LogLinearSchedule, noise_removal: Literal["sample", "argmax"], cache: bool,
-                   time_conditioned: bool, t_min: float, generator: torch.Generator | None) -> SampleOutput:
+                   time_conditioned: bool, t_min: float, generator: torch.Generator | None,
+                   forbidden: torch.Tensor) -> SampleOutput:
     """`sample` with `ancestral_step` on CPU, running the network only where a token is drawn.
 
     Per step the positions that unmask are drawn first (the Bernoulli of the ancestral posterior does
@@ -281,13 +290,19 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
         if not needed.any():
             continue
         where = unmask.nonzero(as_tuple=True)
-        log_p = subs_log_probs(denoiser.logits_from_features(*features, unmask), z[where], mask_id)
+        logits = _forbid(denoiser.logits_from_features(*features, unmask), forbidden)
+        log_p = subs_log_probs(logits, z[where], mask_id)
         z = z.clone()
         if last and noise_removal == "argmax":
             z[where] = log_p.argmax(-1)
         else:
             z[where] = sample_categorical(log_p.exp(), "float64", generator)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
+
+
+def _forbid(logits: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
+    """``logits`` [..., V] with the ``forbidden`` ids at -inf (a new tensor: the caller's may be cached)."""
+    return logits.index_fill(-1, forbidden, float("-inf")) if forbidden.numel() else logits
 
 
 def _update_features(denoiser: FeatureDenoiser, features: tuple[torch.Tensor, torch.Tensor] | None,

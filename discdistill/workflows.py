@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,13 @@ class GenerationResult:
 
 def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: torch.device,
              time_conditioned: bool = False, step_rule: StepRule = ancestral_step,
-             initial_state: Any = None, on_batch: Callable[[int], None] | None = None) -> GenerationResult:
+             initial_state: Any = None, forbidden_tokens: Sequence[int] = (),
+             on_batch: Callable[[int], None] | None = None) -> GenerationResult:
     """``config.num_samples`` samples in batches of ``config.batch_size`` with one seeded generator.
 
     ``initial_state(batch, seq_len, generator)`` (optional) gives a partly filled start state, e.g.
-    a protein domain's sampled-length prefill. ``on_batch(n)`` is called after each batch of n samples
-    (progress bars).
+    a protein domain's sampled-length prefill; ``forbidden_tokens`` are never drawn (see `sample`).
+    ``on_batch(n)`` is called after each batch of n samples (progress bars).
     """
     seq_len = config.seq_len or model.seq_len
     # The cache is exact; it saves forwards only when rows stay unchanged across steps (steps > length).
@@ -111,7 +112,8 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
         out = sample(model, num_samples=size, seq_len=seq_len, steps=config.steps, mask_id=model.mask_id,
                      schedule=LogLinearSchedule(), precision=config.precision, noise_removal=config.noise_removal,
                      cache=cache, time_conditioned=time_conditioned, t_min=config.t_min,
-                     generator=generator, device=device, step_rule=step_rule, z_init=z_init)
+                     generator=generator, device=device, step_rule=step_rule, z_init=z_init,
+                     forbidden_tokens=forbidden_tokens)
         batches.append(out.ids.cpu())
         nfe = max(nfe, out.nfe)
         if on_batch is not None:

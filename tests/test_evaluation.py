@@ -341,6 +341,29 @@ def test_eval_protein_reports_domain_metrics_without_a_judge(tmp_path, capsys):
     assert (tmp_path / "e" / "samples-2steps-ancestral.fasta").read_text().count(">") == 3
 
 
+def test_protein_sampled_length_mode_fills_every_span_with_residues(tmp_path, capsys, monkeypatch):
+    """`sample --domain protein` in sampled-length mode with a model that always proposes EOS: the
+    domain's forbidden tokens reach the sampler, so every protein has a drawn training length."""
+    from discdistill.checkpoint import save_pretrained
+    from discdistill.config import model_config_from_preset
+    from discdistill.models import DiT
+
+    domain = plugins.get_domain("protein")  # the instance the CLI will use (the registry caches it)
+    monkeypatch.setattr(domain, "length_mode", "sampled")
+    tokenizer = domain.tokenizer()
+    model = DiT(model_config_from_preset("tiny", vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                                         seq_len=64))
+    with torch.no_grad():
+        model.output_layer.linear.bias[tokenizer.eos_id] = 20.0  # the output weights start at zero: always EOS
+    save_pretrained(model, tmp_path / "model")
+    code, _, err = run(["sample", "--domain", "protein", "--checkpoint", str(tmp_path / "model"), "--steps", "4",
+                        "--num-samples", "8", "--device", "cpu", "--out", str(tmp_path / "s.fasta")], capsys)
+    assert code == 0, err
+    lengths = [len(s) for s in domain.read_samples(tmp_path / "s.fasta")]
+    fitting = {n for n in domain.length_distribution("train").tolist() if n <= 62}
+    assert len(lengths) == 8 and all(n in fitting for n in lengths), lengths
+
+
 def test_plots_need_matplotlib_and_say_so(monkeypatch, tmp_path):
     import sys
 

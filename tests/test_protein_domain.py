@@ -321,14 +321,19 @@ def test_sampled_mode_generates_exactly_the_drawn_lengths(domain):
     assert all(1 <= n <= 62 and n in train_lengths for n in lengths.tolist())
     tok = sampled.tokenizer()
 
-    def uniform_residues(z, sigma):  # a denoiser that never proposes a special token
-        logits = torch.full((*z.shape, tok.vocab_size), -1e9)
-        logits[..., 4:24] = 0.0
+    def eos_loving(z, sigma):  # a denoiser that would end every protein at once, as a learned-EOS model may
+        logits = torch.zeros((*z.shape, tok.vocab_size))
+        logits[..., tok.eos_id] = 10.0
         return logits
 
-    out = sample(uniform_residues, num_samples=16, seq_len=64, steps=4, mask_id=tok.mask_id, z_init=z1,
-                 generator=torch.Generator().manual_seed(1))
-    assert [len(s) for s in sampled.decode_samples(out.ids)] == lengths.tolist()
+    def draw(forbidden):
+        return sample(eos_loving, num_samples=16, seq_len=64, steps=4, mask_id=tok.mask_id, z_init=z1,
+                      forbidden_tokens=forbidden, generator=torch.Generator().manual_seed(1)).ids
+
+    assert domain.forbidden_tokens() == ()  # learned mode draws EOS and PAD
+    assert set(sampled.forbidden_tokens()) == {tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id}
+    assert max(len(s) for s in sampled.decode_samples(draw(()))) < 8  # without the constraint: cut short
+    assert [len(s) for s in sampled.decode_samples(draw(sampled.forbidden_tokens()))] == lengths.tolist()
     with pytest.raises(ConfigError, match="length_mode"):
         ProteinDomain(length_mode="fixed")
 

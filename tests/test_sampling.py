@@ -60,6 +60,27 @@ def test_static_shape_draw_follows_subs_at_masked_positions(dtype):
         assert chi_square(counts, exact[position]) < CHI2_4_999
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_forbidden_tokens_are_never_drawn(sparse):
+    """A denoiser that strongly prefers ids 0 and 1: forbidden, they never appear at masked positions,
+    on the dense loop and on the CPU output-layer path; given tokens (z_init) are kept even if forbidden."""
+    model = small_dit(V, MASK, 8)
+    with torch.no_grad():
+        model.output_layer.linear.bias[:2] += 50.0
+    denoiser = model if sparse else (lambda z, sigma: model(z, sigma))
+    z_init = torch.full((64, 8), MASK)
+    z_init[:, 0] = 0  # a given (unmasked) token may be a forbidden id
+    with torch.no_grad():
+        free = sample(denoiser, num_samples=64, seq_len=8, steps=4, mask_id=MASK, z_init=z_init,
+                      generator=torch.Generator().manual_seed(0)).ids
+        kept = sample(denoiser, num_samples=64, seq_len=8, steps=4, mask_id=MASK, z_init=z_init,
+                      forbidden_tokens=[0, 1], generator=torch.Generator().manual_seed(0)).ids
+    assert (free[:, 1:] < 2).float().mean() > 0.9  # the preference is real
+    assert (kept[:, 0] == 0).all() and not (kept[:, 1:] < 2).any() and not (kept == MASK).any()
+    with pytest.raises(ValueError, match="forbidden_tokens"):
+        sample(denoiser, num_samples=1, seq_len=8, steps=1, mask_id=MASK, forbidden_tokens=[MASK])
+
+
 def test_unmasked_positions_are_carried_over():
     z = torch.tensor([[0, MASK, 3, MASK]] * 50)
     z_next = ancestral_step(z, torch.randn(50, 4, V), context(0.5, 0.9))

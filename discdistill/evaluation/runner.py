@@ -75,7 +75,8 @@ def generated_sets(domain: Domain, checkpoint: Path, config: EvalConfig, device:
                 step_rule.reset_counts()
             with _bar(f"sampling {steps} steps", config.num_samples, progress) as bar:
                 result = generate(model, config.sampling(steps), device=device, time_conditioned=time_conditioned,
-                                  step_rule=step_rule, initial_state=domain.initial_state, on_batch=bar.update)
+                                  step_rule=step_rule, initial_state=domain.initial_state,
+                                  forbidden_tokens=domain.forbidden_tokens(), on_batch=bar.update)
             disc = step_rule.disc_passes // batches if isinstance(step_rule, RGAS) else 0
             yield SampleSet(f"{steps} steps", steps, config.sampler, list(result.ids), result.nfe, disc,
                             result.seconds)

@@ -140,6 +140,14 @@ class ProteinDomain(Domain):
                                  max_length=seq_len - 2, generator=generator)
         return length_prefilled_init(lengths, seq_len, self._tokenizer)
 
+    def forbidden_tokens(self) -> tuple[int, ...]:
+        """None in "learned" mode; in "sampled" mode the special tokens (PAD, EOS, BOS, UNK), so the
+        prefilled span becomes exactly its drawn number of residues."""
+        if self.length_mode == "learned":
+            return ()
+        tok = self._tokenizer
+        return (tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id)
+
     # -- samples --------------------------------------------------------------------------------
     def write_samples(self, samples: list[Any], path: Path, metadata: dict[str, Any]) -> Path:
         """FASTA (Bio.SeqIO) with ids sample_0..N-1 and ``key=value`` metadata in each description.
