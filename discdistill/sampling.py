@@ -269,7 +269,7 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
     alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, z.device)
     zero_sigma = torch.zeros(num_samples, device=z.device)
     features: tuple[torch.Tensor, torch.Tensor] | None = None  # per row, computed at state `featured`
-    featured = torch.full_like(z, -1)  # no row has features yet
+    featured = torch.full_like(z, -1)  # with the cache: the state each row's features were computed at
     nfe = rows = 0
     for i in range(steps):
         masked = z == mask_id
@@ -285,7 +285,8 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
         if run.numel():
             sigma = sigmas[i].expand(num_samples) if time_conditioned else zero_sigma
             features = _update_features(denoiser, features, z, sigma, run)
-            featured[run] = z[run]
+            if cache:
+                featured[run] = z[run]
             nfe, rows = nfe + 1, rows + run.numel()
         if not needed.any():
             continue
