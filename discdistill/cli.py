@@ -154,10 +154,12 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
     and, for RGAS, the discriminator passes it added.
     """
     from discdistill.sampling import ancestral_step
-    from discdistill.workflows import generate, load_denoiser
+    from discdistill.workflows import generate, load_denoiser, resolve_checkpoint
 
     config = load_config(SamplingConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain)
+    shipped = str(checkpoint).startswith("shipped:")
+    checkpoint = resolve_checkpoint(checkpoint, target)
     torch_device = resolve_device(device)
     model, saved = load_denoiser(checkpoint, target, torch_device)
     time_conditioned = bool(saved["extra"].get("time_conditioned", False))
@@ -171,7 +173,8 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
     result = generate(model, config, device=torch_device, time_conditioned=time_conditioned,
                       step_rule=step_rule, initial_state=target.initial_state,
                       forbidden_tokens=target.forbidden_tokens())
-    out_file = out_file or checkpoint / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
+    out_root = Path("runs") / f"{target.name}-{checkpoint.name}" if shipped else checkpoint  # not into the package
+    out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
     metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
                 "precision": config.precision, "noise_removal": config.noise_removal}
     written = target.write_samples(target.decode_samples(result.ids), out_file, metadata)
@@ -210,8 +213,9 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
     from discdistill.distill.trainer import distill
     from discdistill.workflows import check_compatible, resolve_teacher
 
-    config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain)
+    config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))],
+                         **target.distill_defaults())
     teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
     teacher_model = load_pretrained(teacher_dir)
     check_compatible(teacher_model, target, teacher_model.seq_len)
@@ -221,6 +225,66 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
     if world_from_env()[0] == 0:
         click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
+
+
+@cli.command()
+@domain_option
+@click.option("--teacher", default=None, metavar="PATH",
+              help="Teacher model/run directory [the domain's shipped teacher, else its cached default].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory of the live distillation [runs/<domain>-demo].")
+@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Live distillation iterations (about 4.5 s each for chars on 2 CPU cores).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per row (the table's numbers; three of each are printed).")
+@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="Few-step count.")
+@click.option("--many-steps", type=click.IntRange(min=1), default=256, show_default=True,
+              help="The teacher's many-step count.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (the same for every row).")
+@click.option("--quiet", is_flag=True, help="No progress bar during distillation.")
+@config_options
+def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int, num_samples: int, steps: int,
+         many_steps: int, seed: int, quiet: bool, config_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Distil for a few minutes, then show teacher@8, teacher@256 and student@8 side by side.
+
+    \b
+    The teacher is the domain's shipped one when its plugin ships one (chars does). The live student
+    is distilled with the domain's recipe (--set overrides it) for --iterations; when the plugin ships
+    a fully distilled student, it gets a row too. Every row: three samples, then one table of the
+    domain's metrics on --num-samples samples (same seed), with held-out real text as the ceiling.
+    \b
+    Example (the README's main job, about 12 minutes on 2 CPU cores):
+      discdistill demo --domain chars
+    """
+    from discdistill.checkpoint import load_pretrained
+    from discdistill.demo import render, run_demo
+    from discdistill.distill.config import DistillConfig
+    from discdistill.distill.trainer import distill
+    from discdistill.workflows import resolve_model_dir, resolve_teacher
+
+    target = plugins.get_domain(domain)
+    config = load_config(DistillConfig, config_file, [*overrides, f"iterations={iterations}"],
+                         **target.distill_defaults())
+    teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
+    teacher_model = load_pretrained(teacher_dir).eval()
+    out_dir = out_dir or Path("runs") / f"{domain}-demo"
+    train_data = target.dataset("train", teacher_model.seq_len) if config.positives == "data" else None
+    click.echo(f"distilling a {steps}-step student for {iterations} iterations into {out_dir}")
+    student_dir = distill(config, teacher_dir, train_data, out_dir, progress=not quiet)
+    rows = [(f"teacher@{steps}", teacher_model, steps), (f"teacher@{many_steps}", teacher_model, many_steps),
+            (f"student@{steps} ({iterations} it, live)", load_pretrained(student_dir).eval(), steps)]
+    if "student" in target.shipped_models():
+        shipped = resolve_model_dir(target.shipped_models()["student"])
+        rows.append((f"student@{steps} (shipped)", load_pretrained(shipped).eval(), steps))
+    results = run_demo(target, rows, num_samples=num_samples, seq_len=teacher_model.seq_len, seed=seed,
+                       say=click.echo)
+    protocol = [f"domain {domain}; teacher {teacher_dir}; live student {student_dir}",
+                f"{num_samples} samples a row, length {teacher_model.seq_len}, ancestral sampling, float64 draws, "
+                f"seed {seed}; seconds = wall time of sampling on this machine",
+                "entropy: mean over samples of each sample's token unigram entropy (nats)"]
+    if target.metrics_protocol():
+        protocol.append(f"metrics: {target.metrics_protocol()}")
+    click.echo(render(results, protocol))
 
 
 @cli.command("eval")
@@ -280,6 +344,13 @@ def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path
         raise click.UsageError("give --checkpoint (generate) or --samples FILE (read), not both and not neither")
     config = load_config(EvalConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain)
+    if checkpoint is not None:
+        from discdistill.workflows import resolve_checkpoint
+
+        shipped = str(checkpoint).startswith("shipped:")
+        checkpoint = resolve_checkpoint(checkpoint, target)
+        if shipped and out_dir is None:  # never write into the installed package
+            out_dir = Path("runs") / f"eval-{target.name}-{checkpoint.name}-{config.sampler}"
     if out_dir is None:
         out_dir = checkpoint / f"eval-{config.sampler}" if checkpoint is not None else Path("eval")
     report = evaluate(target, config, checkpoint=checkpoint, samples=samples_files, reference_file=reference_file,

@@ -102,6 +102,9 @@ class PretrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     time_conditioned: bool = Field(False, description="Feed sigma_t to the denoiser (MDLM passes 0).")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16: the forward under autocast (weights, optimiser and loss stay float32); "
+        "about 2x faster on CPUs with AVX512-BF16 or AMX and on GPUs.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     t_min: float = Field(1e-3, ge=0.0, lt=1.0, description="Training times are drawn from (t_min, 1].")
     eval_every: int = Field(200, gt=0)

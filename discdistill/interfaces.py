@@ -155,3 +155,19 @@ class Domain(ABC):
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """Domain-specific quality metrics of sampled ids against reference ids. Optional."""
         return {}
+
+    def shipped_models(self) -> dict[str, Path]:
+        """Models that ship with the plugin, by name, e.g. {"teacher": ..., "student": ...}. Optional.
+
+        ``--checkpoint shipped:NAME`` (and ``--teacher shipped:NAME``) names one on the command line; `train`
+        given no ``--teacher`` distils from the "teacher" one instead of pre-training a default teacher.
+        """
+        return {}
+
+    def distill_defaults(self) -> dict[str, Any]:
+        """`DistillConfig` values this domain's default recipe uses; a config file and ``--set`` go on top. Optional."""
+        return {}
+
+    def metrics_protocol(self) -> str:
+        """One line defining the numbers `metrics` returns, printed in every eval report. Optional."""
+        return ""

@@ -90,16 +90,23 @@ class ElboObjective(nn.Module):
     taking the noise as input lets every world size draw the same noise for the same global batch.
     """
 
-    def __init__(self, model: DiT, schedule: LogLinearSchedule, time_conditioned: bool) -> None:
+    def __init__(self, model: DiT, schedule: LogLinearSchedule, time_conditioned: bool,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model, self.schedule, self.time_conditioned = model, schedule, time_conditioned
+        self.autocast_dtype = autocast_dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         mask_id = self.model.mask_id
         z = torch.where(u < self.schedule.alpha(t).reshape(-1, 1), x, torch.full_like(x, mask_id))
         sigma = self.schedule.sigma(t) if self.time_conditioned else torch.zeros_like(t)
         masked = z == mask_id
-        return mdlm_loss_at_masked(self.model.logits_at(z, sigma, masked), x, masked, t, self.schedule, mask_id)
+        if self.autocast_dtype is None:
+            logits = self.model.logits_at(z, sigma, masked)
+        else:
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                logits = self.model.logits_at(z, sigma, masked)
+        return mdlm_loss_at_masked(logits.float(), x, masked, t, self.schedule, mask_id)  # the loss in float32
 
 
 def draw_noise(rows: int, seq_len: int, t_min: float, device: torch.device,
@@ -318,7 +325,8 @@ class _TrainingState:
 def _start_training(config: PretrainConfig, model: DiT, out_dir: Path, resume: bool, ctx: DistContext) -> _TrainingState:
     """Optimiser, schedule and guard for ``model`` (loaded from OUT/checkpoint on resume), wrapped for ``ctx``."""
     mode = parallel_mode(config, ctx)
-    objective = ElboObjective(model, LogLinearSchedule(config.schedule.eps), config.time_conditioned)
+    autocast_dtype = torch.bfloat16 if config.precision == "bfloat16" else None
+    objective = ElboObjective(model, LogLinearSchedule(config.schedule.eps), config.time_conditioned, autocast_dtype)
     optimizer = make_adamw(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.steps)
     guard, start = NonfiniteGuard(config.max_nonfinite), 0
@@ -393,9 +401,11 @@ def pretrain(
                     if done % config.eval_every == 0 or done == config.steps:
                         record["val_nll"] = validation_nll(run.objective, validation, config, device)
                         record["val_ppl_bound"] = math.exp(record["val_nll"])
+                        record["val_bits_per_token"] = record["val_nll"] / math.log(2)
                         if ctx.is_main:
                             bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
-                                      f"nats/token (PPL <= {record['val_ppl_bound']:.1f})")
+                                      f"nats/token = {record['val_bits_per_token']:.3f} bits/token "
+                                      f"(PPL <= {record['val_ppl_bound']:.1f})")
                     if log is not None:
                         log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.3f}")

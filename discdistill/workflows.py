@@ -53,6 +53,21 @@ def resolve_model_dir(path: str | Path) -> Path:
                           f"{' or '.join(s + '/' for s in MODEL_SUBDIRS)}")
 
 
+SHIPPED_PREFIX = "shipped:"
+
+
+def resolve_checkpoint(path: str | Path, domain: Domain) -> Path:
+    """``shipped:NAME`` -> the directory of the domain's shipped model NAME; any other path unchanged."""
+    text = str(path)
+    if not text.startswith(SHIPPED_PREFIX):
+        return Path(path)
+    name, shipped = text[len(SHIPPED_PREFIX):], domain.shipped_models()
+    if name not in shipped:
+        listing = ", ".join(f"{SHIPPED_PREFIX}{n}" for n in sorted(shipped)) or "none"
+        raise CheckpointError(f"domain {domain.name!r} ships no model {name!r}; it ships: {listing}")
+    return shipped[name]
+
+
 def check_compatible(model: MaskedDiffusionTeacher, domain: Domain, seq_len: int) -> None:
     """Refuse a model whose vocabulary, mask id or length does not fit the domain."""
     tokenizer = domain.tokenizer()
@@ -146,7 +161,11 @@ def resolve_teacher(domain: Domain, teacher: str | None, *, device: str, progres
             import_mdlm(teacher[3:], target)
         return target
     if teacher is not None:
-        return resolve_model_dir(teacher)
+        return resolve_model_dir(resolve_checkpoint(teacher, domain))
+    if "teacher" in domain.shipped_models():
+        shipped = resolve_model_dir(domain.shipped_models()["teacher"])
+        say(f"using the {domain.name} teacher shipped with its plugin ({shipped}); --teacher PATH uses another")
+        return shipped
     run_dir = cache_root() / "teachers" / f"{domain.name}-default"
     if (run_dir / MODEL_DIR / "config.json").is_file():
         say(f"using the cached default teacher {run_dir / MODEL_DIR}")
@@ -158,5 +177,5 @@ def resolve_teacher(domain: Domain, teacher: str | None, *, device: str, progres
     return pretrain_domain(domain, config, run_dir, resume=resume, progress=progress)
 
 
-__all__ = ["pretrain_domain", "resolve_model_dir", "check_compatible", "load_denoiser", "generate",
+__all__ = ["pretrain_domain", "resolve_model_dir", "resolve_checkpoint", "check_compatible", "load_denoiser", "generate",
            "GenerationResult", "resolve_device", "resolve_teacher", "cache_root"]

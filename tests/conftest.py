@@ -107,3 +107,16 @@ def small_dit(vocab_size: int, mask_id: int, seq_len: int, *, seed: int = 0, blo
                 if p.abs().sum() == 0:
                     p.normal_(0, 0.3)
     return model
+
+
+def run_cli(argv, capsys):
+    """Run the console entry point in-process; return (exit code, stdout, stderr)."""
+    from discdistill.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -9,19 +9,13 @@ from discdistill import training
 from discdistill.cli import main
 from discdistill.checkpoint import load_pretrained
 
+from tests.conftest import run_cli
+
 FAST = ["--set", "eval_every=5", "--set", "log_every=1", "--set", "save_every=3", "--batch-size", "8",
         "--set", "warmup_steps=2", "--device", "cpu", "--quiet"]
 
 
-def run(argv, capsys):
-    """Run the console entry point; return (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_pretrain_then_sample_on_a_toy_plugin(toy_plugin, tmp_path, capsys):

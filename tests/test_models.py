@@ -110,6 +110,29 @@ def test_bf16_autocast_forward(model: DiT, ids: torch.Tensor) -> None:
     assert (logits.float() - reference).abs().max() < 0.05 * scale
 
 
+def test_logits_at_under_cpu_autocast_runs_every_position(model: DiT, ids: torch.Tensor,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CPU bf16 autocast the output layer sees a fixed [B, L] shape (oneDNN caches a kernel per shape,
+    so a changing masked-row count would grow memory), and the result still equals forward(z)[where]."""
+    where = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.4
+    shapes = []
+    monkeypatch.setattr(model.output_layer, "forward", _recording(model.output_layer.forward, shapes))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(ids, torch.zeros(B))
+        picked = model.logits_at(ids, torch.zeros(B), where)
+    assert torch.equal(picked, full[where]) and shapes[-1][:2] == (B, L)
+    shapes.clear()
+    model.logits_at(ids, torch.zeros(B), where)  # float32: only the chosen positions
+    assert shapes[-1][0] == int(where.sum())
+
+
+def _recording(forward, shapes):
+    def wrapped(h, c):
+        shapes.append(tuple(h.shape))
+        return forward(h, c)
+    return wrapped
+
+
 def test_shorter_sequences_ok_longer_refused(model: DiT) -> None:
     assert model(torch.zeros(1, L // 2, dtype=torch.long), 0.0).shape == (1, L // 2, V)
     with pytest.raises(ModelMismatchError):

@@ -74,6 +74,13 @@ def _set_generator_state(generator: torch.Generator, state: str) -> None:
     generator.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
 
 
+def _stored_values(data: torch.Tensor) -> torch.Tensor:
+    """The ids a block tensor can hold: its storage when that is smaller than the tensor (overlapping
+    random-crop windows share one stream), else the tensor; checked instead of materialising the windows."""
+    stored = torch.empty(0, dtype=data.dtype).set_(data.untyped_storage())
+    return stored if stored.numel() < data.numel() else data
+
+
 class DistillTrainer:
     """Holds the student (+ EMA), the frozen teacher, the discriminator, their optimisers, and the loop."""
 
@@ -93,7 +100,7 @@ class DistillTrainer:
         self.ctx.shard(config.batch_rows)  # whole rows (and so whole groups) per rank, or a clear error
         self.device = self.ctx.device
         self.guard = NonfiniteGuard(config.max_nonfinite)
-        self.autocast_bf16 = config.bf16 and self.device.type == "cuda"
+        self.autocast_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         self.schedule = LogLinearSchedule(config.schedule.eps)
         torch.manual_seed(config.seed)  # spectral-norm vectors and anything else drawn at construction
 
@@ -128,17 +135,18 @@ class DistillTrainer:
         if data.shape[1] > self.teacher.seq_len:
             raise ModelMismatchError(f"data blocks have {data.shape[1]} tokens but the teacher accepts at most "
                                      f"{self.teacher.seq_len}; use a shorter --seq-len")
-        low, high = int(data.min()), int(data.max())
+        values = _stored_values(data)
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= self.teacher.vocab_size:
             raise ModelMismatchError(f"data ids span [{low}, {high}] but the teacher's vocabulary has "
                                      f"{self.teacher.vocab_size} ids; was it trained on this domain?")
-        if bool((data == self.mask_id).any()):
+        if bool((values == self.mask_id).any()):
             raise DataError(f"the training data contains the mask id {self.mask_id}")
-        return int(data.shape[1]), data.long()
+        return int(data.shape[1]), data  # batches are cast to int64 when drawn (a crop view stays small)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
@@ -163,7 +171,7 @@ class DistillTrainer:
                           time_conditioned=c.time_conditioned, generator=self.generator, device=self.device).ids
         assert self.batches is not None and self.train_data is not None
         rows = self.batches.indices(self.iteration)[self.ctx.shard(c.batch_rows)]
-        return self.train_data[rows].to(self.device)
+        return self.train_data[rows].to(self.device).long()
 
     def step(self) -> dict[str, Any]:
         """Run one iteration (rollout, discriminator step, student step, EMA); return its metrics."""

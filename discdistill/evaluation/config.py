@@ -30,6 +30,8 @@ class EvalConfig(StrictModel):
     seed: int = 0
     device: str = "auto"
     data: str | None = Field(None, description="Reference data for the domain's metrics (default: embedded).")
+    elbo_blocks: int = Field(256, ge=0, description="Reference blocks on which the checkpoint's held-out ELBO "
+                             "bound (nats and bits per token) is estimated; 0: skip it.")
     entropy_tolerance: float = Field(ENTROPY_TOLERANCE, gt=0.0,
                                      description="Relative entropy difference that flags a row.")
     rgas: RGASConfig = Field(default_factory=RGASConfig)

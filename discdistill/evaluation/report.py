@@ -52,6 +52,9 @@ class EvalProtocol(ReportModel):
     eos_rule: str = "tokens before the first EOS plus that EOS are scored; the rest is ignored"
     aggregation: str = "token-weighted: exp(total NLL / total scored tokens) over all samples"
     entropy_definition: str = "mean over samples of the unigram entropy (nats) of each sample's ids"
+    metrics_definition: str = Field("", description="The domain's own definition of its metrics (Domain.metrics_protocol).")
+    elbo_nll: float | None = Field(None, description="Held-out ELBO bound of the checkpoint, nats per token.")
+    elbo_blocks: int | None = Field(None, description="Reference blocks the ELBO bound was estimated on.")
 
     def lines(self) -> list[str]:
         steps = ", ".join("?" if s is None else str(s) for s in self.steps)
@@ -65,7 +68,10 @@ class EvalProtocol(ReportModel):
             f"perplexity: {self.aggregation}; {self.eos_rule}",
             f"entropy: {self.entropy_definition}",
             f"device {self.device}, torch {self.torch_version}, discdistill {self.discdistill_version}",
-        ]
+        ] + ([f"metrics: {self.metrics_definition}"] if self.metrics_definition else []) + (
+            [f"held-out likelihood bound of the checkpoint (MDLM ELBO, {self.elbo_blocks} reference blocks, one "
+             f"antithetic t each): {self.elbo_nll:.4f} nats/token = {self.elbo_nll / math.log(2):.4f} bits/token"]
+            if self.elbo_nll is not None else [])
 
 
 class EvalRow(ReportModel):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from discdistill.distill.rgas import RGAS, load_rgas
 from discdistill.evaluation.config import EvalConfig
+from discdistill.evaluation.elbo import elbo_nll
 from discdistill.evaluation.entropy import mean_entropy
 from discdistill.evaluation.judges import Judge, load_judge
 from discdistill.evaluation.perplexity import generative_perplexity, judge_inputs
@@ -119,6 +120,16 @@ def score_set(sample_set: SampleSet, domain: Domain, judge: Judge | None, refere
     return row
 
 
+def checkpoint_elbo(domain: Domain, checkpoint: Path, blocks: torch.Tensor, device: torch.device,
+                    batch_size: int) -> float:
+    """The checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own schedule's eps."""
+    model, saved = load_denoiser(checkpoint, domain, device)
+    extra = saved["extra"]
+    schedule_eps = extra.get("config", {}).get("schedule", {}).get("eps", 1e-3)
+    return elbo_nll(model, blocks, time_conditioned=bool(extra.get("time_conditioned", False)),
+                    batch_size=batch_size, eps=schedule_eps)
+
+
 def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | None = None,
              samples: Sequence[str | Path] = (), reference_file: str | Path | None = None,
              out_dir: str | Path | None = None, progress: bool = True) -> EvalReport:
@@ -140,6 +151,9 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
     else:
         seq_len, sets = generated_sets(domain, Path(checkpoint), config, device, progress=progress)
     reference = domain.dataset("validation", seq_len, config.data)
+    elbo = None
+    if checkpoint is not None and config.elbo_blocks > 0:
+        elbo = checkpoint_elbo(domain, Path(checkpoint), reference[:config.elbo_blocks], device, config.batch_size)
     rows = []
     for sample_set in sets:
         if out_dir is not None and sample_set.seconds is not None:
@@ -158,5 +172,6 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
         noise_removal=config.noise_removal, seed=None if samples else config.seed,
         checkpoint=None if checkpoint is None else str(checkpoint), samples_files=[str(p) for p in samples],
         device=str(device), torch_version=torch.__version__,
-        discdistill_version=importlib.metadata.version("discdistill"))
+        discdistill_version=importlib.metadata.version("discdistill"), metrics_definition=domain.metrics_protocol(),
+        elbo_nll=elbo, elbo_blocks=None if elbo is None else min(config.elbo_blocks, len(reference)))
     return EvalReport(protocol=protocol, rows=flag_entropy(rows, entropy_ref), reference=entropy_ref)
