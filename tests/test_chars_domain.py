@@ -233,9 +233,23 @@ def test_shipped_teacher_loads_and_fits_the_domain():
     from discdistill.workflows import check_compatible, resolve_checkpoint, resolve_model_dir
 
     domain = CharsDomain()
-    assert "teacher" in domain.shipped_models()
-    model = load_pretrained(resolve_model_dir(resolve_checkpoint("shipped:teacher", domain)))
-    check_compatible(model, domain, 256)
-    assert (model.vocab_size, model.seq_len) == (28, 256)
+    assert set(domain.shipped_models()) == {"teacher", "student"}
+    for name in ("teacher", "student"):
+        model = load_pretrained(resolve_model_dir(resolve_checkpoint(f"shipped:{name}", domain)))
+        check_compatible(model, domain, 256)
+        assert (model.vocab_size, model.seq_len) == (28, 256)
     with pytest.raises(Exception, match="ships no model 'nope'; it ships: shipped:"):
         resolve_checkpoint("shipped:nope", domain)
+
+
+def test_distillation_checks_crop_windows_through_their_stream():
+    """10 M overlapping windows must not be materialised (as int64 they would take 21 GB): the id checks read
+    the shared stream, and a bad id anywhere in it is still caught."""
+    from discdistill.distill.trainer import _stored_values
+
+    stream = np.arange(20, dtype=np.uint8) % 27
+    windows = chars.crop_windows(stream, 8)
+    assert windows.shape == (13, 8) and _stored_values(windows).numel() == 20
+    assert torch.equal(_stored_values(windows), torch.from_numpy(stream.copy()))
+    dense = torch.arange(12).reshape(3, 4)
+    assert _stored_values(dense) is dense
