@@ -10,9 +10,9 @@ and `Domain.metrics` in a row.
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -36,8 +36,6 @@ class DemoRow:
 def demo_row(label: str, model: MaskedDiffusionTeacher, domain: Domain, steps: int, num_samples: int,
              seq_len: int, reference: torch.Tensor, seed: int = 0) -> DemoRow:
     """``num_samples`` ancestral samples at ``steps`` (seed ``seed``), decoded and scored by the domain."""
-    import time
-
     tic = time.perf_counter()
     with torch.no_grad():
         ids = sample(model, num_samples=num_samples, seq_len=seq_len, steps=steps, mask_id=model.mask_id,

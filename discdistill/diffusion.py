@@ -6,6 +6,8 @@ position is still clean at time t in [0, 1]. Log-linear schedule: alpha_t = 1 - 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +101,14 @@ def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor, mask_id: int) 
     """-log p(x_0 = target) under SUBS for logits [n, V] at masked positions, fused (cross-entropy kernel)."""
     mask_column = torch.tensor([mask_id], device=logits.device)
     return F.cross_entropy(logits.float().index_fill(-1, mask_column, NEG_INF), targets, reduction="none")
+
+
+#: ln 2: an NLL in nats divided by it is in bits (bits per character for a character domain).
+NATS_PER_BIT = math.log(2.0)
+
+
+def nats_to_bits(nats: float) -> float:
+    return nats / NATS_PER_BIT
 
 
 def mdlm_loss_at_masked(logits: torch.Tensor, x: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,

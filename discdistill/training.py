@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from discdistill.checkpoint import load_latest_training_state, save_pretrained, save_training_state, storage_error
 from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_preset
 from discdistill.data import EpochBatches
-from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked
+from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked, nats_to_bits
 from discdistill.distributed import DistContext, init_distributed
 from discdistill.errors import CheckpointError, DataError, DiscdistillError, NumericalError
 from discdistill.models import DiT
@@ -130,6 +130,21 @@ def diffusion_loss(model: DiT, x: torch.Tensor, schedule: LogLinearSchedule, t_m
 
 
 @torch.no_grad()
+def fixed_noise_nll(objective: nn.Module, data: torch.Tensor, *, batch_size: int, max_batches: int | None,
+                    t_min: float, seed: int, device: torch.device) -> float:
+    """Mean `ElboObjective` value over the first ``max_batches`` batches of ``data``, noise seeded by ``seed``
+    (the same corruption every call: comparable across evaluations and checkpoints)."""
+    generator = torch.Generator(device=device).manual_seed(seed + 12345)
+    total = 0.0
+    batches = [data[i:i + batch_size] for i in range(0, len(data), batch_size)][:max_batches]
+    for batch in batches:
+        x = batch.to(device).long()
+        t, u = draw_noise(x.shape[0], x.shape[1], t_min, device, generator)
+        total += objective(x, t, u).item() * len(batch)
+    return total / sum(len(b) for b in batches)
+
+
+@torch.no_grad()
 def validation_nll(objective: nn.Module, data: torch.Tensor, config: PretrainConfig, device: torch.device) -> float:
     """ELBO NLL per token (nats) on fixed validation batches with fixed noise: comparable across evals.
 
@@ -138,15 +153,10 @@ def validation_nll(objective: nn.Module, data: torch.Tensor, config: PretrainCon
     """
     was_training = objective.training
     objective.eval()
-    generator = torch.Generator(device=device).manual_seed(config.seed + 12345)
-    total = 0.0
-    batches = [data[i:i + config.batch_size] for i in range(0, len(data), config.batch_size)][:config.eval_batches]
-    for batch in batches:
-        x = batch.to(device).long()
-        t, u = draw_noise(x.shape[0], x.shape[1], config.t_min, device, generator)
-        total += objective(x, t, u).item() * len(batch)
+    nll = fixed_noise_nll(objective, data, batch_size=config.batch_size, max_batches=config.eval_batches,
+                          t_min=config.t_min, seed=config.seed, device=device)
     objective.train(was_training)
-    return total / sum(len(b) for b in batches)
+    return nll
 
 
 class MetricsLog:
@@ -401,7 +411,7 @@ def pretrain(
                     if done % config.eval_every == 0 or done == config.steps:
                         record["val_nll"] = validation_nll(run.objective, validation, config, device)
                         record["val_ppl_bound"] = math.exp(record["val_nll"])
-                        record["val_bits_per_token"] = record["val_nll"] / math.log(2)
+                        record["val_bits_per_token"] = nats_to_bits(record["val_nll"])
                         if ctx.is_main:
                             bar.write(f"step {done}: train loss {loss_value:.4f}, validation NLL {record['val_nll']:.4f} "
                                       f"nats/token = {record['val_bits_per_token']:.3f} bits/token "

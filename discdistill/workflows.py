@@ -56,12 +56,16 @@ def resolve_model_dir(path: str | Path) -> Path:
 SHIPPED_PREFIX = "shipped:"
 
 
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` names a plugin's shipped model (``shipped:NAME``): outputs then go under runs/."""
+    return str(path).startswith(SHIPPED_PREFIX)
+
+
 def resolve_checkpoint(path: str | Path, domain: Domain) -> Path:
     """``shipped:NAME`` -> the directory of the domain's shipped model NAME; any other path unchanged."""
-    text = str(path)
-    if not text.startswith(SHIPPED_PREFIX):
+    if not is_shipped(path):
         return Path(path)
-    name, shipped = text[len(SHIPPED_PREFIX):], domain.shipped_models()
+    name, shipped = str(path)[len(SHIPPED_PREFIX):], domain.shipped_models()
     if name not in shipped:
         listing = ", ".join(f"{SHIPPED_PREFIX}{n}" for n in sorted(shipped)) or "none"
         raise CheckpointError(f"domain {domain.name!r} ships no model {name!r}; it ships: {listing}")

@@ -17,7 +17,8 @@ from discdistill.errors import ConfigError, DataError  # noqa: E402
 from discdistill_text import chars  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from discdistill_text.chars import CHAR_MASK_ID, CharTokenizer, text8_normalize  # noqa: E402
-from discdistill_text.chars_domain import CharsDomain, bits_per_char, training_vocabulary  # noqa: E402
+from discdistill.diffusion import nats_to_bits  # noqa: E402
+from discdistill_text.chars_domain import CharsDomain, training_vocabulary  # noqa: E402
 from discdistill_text.wordstats import (  # noqa: E402
     char_entropy, distinct_n, inner_words, mean_word_length, word_metrics, word_validity,
 )
@@ -175,9 +176,9 @@ def test_domain_metrics_ceiling_on_held_out_text():
     assert training_vocabulary("tiny") >= {"the", "united", "states"}
 
 
-def test_bits_per_char():
-    assert bits_per_char(math.log(2)) == pytest.approx(1.0)
-    assert bits_per_char(1.0) == pytest.approx(1.4426950408889634)
+def test_nats_to_bits():
+    assert nats_to_bits(math.log(2)) == pytest.approx(1.0)
+    assert nats_to_bits(1.0) == pytest.approx(1.4426950408889634)
 
 
 # --- end to end through the command line ----------------------------------------------------------

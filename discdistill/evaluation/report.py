@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ConfigDict, Field, ValidationError
 
 from discdistill.config import StrictModel
+from discdistill.diffusion import nats_to_bits
 from discdistill.errors import DataError
 
 #: Default relative entropy difference above which a row is flagged.
@@ -70,7 +71,7 @@ class EvalProtocol(ReportModel):
             f"device {self.device}, torch {self.torch_version}, discdistill {self.discdistill_version}",
         ] + ([f"metrics: {self.metrics_definition}"] if self.metrics_definition else []) + (
             [f"held-out likelihood bound of the checkpoint (MDLM ELBO, {self.elbo_blocks} reference blocks, one "
-             f"antithetic t each): {self.elbo_nll:.4f} nats/token = {self.elbo_nll / math.log(2):.4f} bits/token"]
+             f"antithetic t each): {self.elbo_nll:.4f} nats/token = {nats_to_bits(self.elbo_nll):.4f} bits/token"]
             if self.elbo_nll is not None else [])
 
 

@@ -26,7 +26,7 @@ from discdistill.evaluation.perplexity import generative_perplexity, judge_input
 from discdistill.evaluation.report import (
     EvalProtocol, EvalReport, EvalRow, flag_entropy, load_reference, reference_from,
 )
-from discdistill.interfaces import Domain
+from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.sampling import StepRule, ancestral_step
 from discdistill.training import resolve_device
 from discdistill.workflows import generate, load_denoiser
@@ -62,10 +62,10 @@ def _bar(desc: str, total: int | None, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def generated_sets(domain: Domain, checkpoint: Path, config: EvalConfig, device: torch.device, *,
-                   progress: bool = True) -> tuple[int, Iterator[SampleSet]]:
-    """The sample length, and one timed sample set per step count of ``config.steps`` (same seed each)."""
-    model, saved = load_denoiser(checkpoint, domain, device)
+def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeacher, saved: dict, config: EvalConfig,
+                   device: torch.device, *, progress: bool = True) -> tuple[int, Iterator[SampleSet]]:
+    """The sample length, and one timed sample set per step count of ``config.steps`` (same seed each), from
+    ``model`` (loaded from ``checkpoint``, whose saved config is ``saved``; RGAS reads its discriminator there)."""
     time_conditioned = bool(saved["extra"].get("time_conditioned", False))
     step_rule = SAMPLERS[config.sampler](checkpoint, config, device)
     batches = -(-config.num_samples // config.batch_size)
@@ -120,10 +120,8 @@ def score_set(sample_set: SampleSet, domain: Domain, judge: Judge | None, refere
     return row
 
 
-def checkpoint_elbo(domain: Domain, checkpoint: Path, blocks: torch.Tensor, device: torch.device,
-                    batch_size: int) -> float:
-    """The checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own schedule's eps."""
-    model, saved = load_denoiser(checkpoint, domain, device)
+def checkpoint_elbo(model: MaskedDiffusionTeacher, saved: dict, blocks: torch.Tensor, batch_size: int) -> float:
+    """A loaded checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own schedule's eps."""
     extra = saved["extra"]
     schedule_eps = extra.get("config", {}).get("schedule", {}).get("eps", 1e-3)
     return elbo_nll(model, blocks, time_conditioned=bool(extra.get("time_conditioned", False)),
@@ -149,11 +147,12 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
         sets: Iterator[SampleSet] = iter(read_sets(domain, [Path(p) for p in samples], steps))
         seq_len = config.seq_len or domain.default_seq_len
     else:
-        seq_len, sets = generated_sets(domain, Path(checkpoint), config, device, progress=progress)
+        model, saved = load_denoiser(checkpoint, domain, device)
+        seq_len, sets = generated_sets(domain, Path(checkpoint), model, saved, config, device, progress=progress)
     reference = domain.dataset("validation", seq_len, config.data)
     elbo = None
     if checkpoint is not None and config.elbo_blocks > 0:
-        elbo = checkpoint_elbo(domain, Path(checkpoint), reference[:config.elbo_blocks], device, config.batch_size)
+        elbo = checkpoint_elbo(model, saved, reference[:config.elbo_blocks], config.batch_size)
     rows = []
     for sample_set in sets:
         if out_dir is not None and sample_set.seconds is not None:

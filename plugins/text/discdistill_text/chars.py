@@ -6,9 +6,9 @@ space; runs of spaces collapse to one. Ids: space 0, a-z 1-26, mask 27.
 
 Sources of `chars_blocks(split, seq_len, source)`:
 
-* ``None`` / ``"sotu"``: the embedded State of the Union corpus (233 speeches, about 10.6 M
+* ``None`` / ``"sotu"``: the embedded State of the Union corpus (233 speeches, 10.8 M
   characters after the protocol), split by whole speech: every 20th speech (19, 39, ...) is held out.
-* ``"tiny"``: its first 10 speeches (the ninth... the last one held out), for tests and smoke runs.
+* ``"tiny"``: its first 10 speeches (the last of them held out), for tests and smoke runs.
 * a local file: the real text8 file (one line of 10^8 characters: MDLM's standard split, the first
   90 M characters train, the next 5 M validation, the last 5 M test), or any UTF-8 text file under the
   same protocol (a single stream: its last 5 % is the validation split). ``.gz``, ``.xz``, ``.bz2`` work.
@@ -122,7 +122,11 @@ def _read_text_file(path: Path) -> str:
         raise DataError(f"{path}: no such file (give the text8 file or a UTF-8 text file)")
     opener = _COMPRESSED.get(path.suffix.lower())
     try:
-        raw = opener(path, "rb").read() if opener else path.read_bytes()
+        if opener is None:
+            raw = path.read_bytes()
+        else:
+            with opener(path, "rb") as f:
+                raw = f.read()
     except (OSError, EOFError, ValueError) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
     if not raw.strip():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,7 +18,6 @@ from discdistill_text.wordstats import word_metrics
 #: Most reference rows `CharsDomain.metrics` scores (the held-out ceiling); it scores as many as there are
 #: samples, so that distinct-n ratios, which fall with the count, compare like with like.
 METRIC_REFERENCE_ROWS = 1024
-NATS_PER_BIT = math.log(2.0)
 #: The distillation recipe `train --domain chars` starts from: the method's defaults with the settings found
 #: on the markov domain (sequence-level discriminator, reward as an omega-weighted quadrature over t,
 #: batch-normalised advantages) and optimiser values for a 3.6M-parameter student on a CPU (docs/chars.md).
@@ -28,10 +26,6 @@ CHARS_DISTILL_RECIPE: dict[str, Any] = dict(
     advantage_norm="batch", omega="simplified", batch_rows=4, group_size=4, student_lr=1e-4, disc_lr=1e-3,
     warmup_steps=30, disc_warmup_steps=10, ema_decay=0.99, iterations=300, save_every=25, bf16=True)
 
-
-def bits_per_char(nats_per_char: float) -> float:
-    """An NLL bound in nats per character -> bits per character (the unit text8 results are quoted in)."""
-    return nats_per_char / NATS_PER_BIT
 
 
 @lru_cache(maxsize=4)
