@@ -8,20 +8,21 @@ Layout of a saved model (``save_pretrained``)::
 Layout of a training state (``save_training_state``)::
 
     DIR/state.json         {"format_version", "meta", "optimizers": {name: param_groups + non-tensor state},
-                            "schedulers": {...}, "files": {name: size}}
+                            "schedulers": {...}, "files": {name: {"bytes", "sha256"}}}
     DIR/tensors.safetensors  module weights, optimiser moments and RNG states under prefixed keys
 
 A directory is written next to its destination (``.DIR.*.tmp``), fsynced and renamed into place, so
 a crash never leaves a half-written checkpoint where a good one was. Older training states are kept
 beside it, newest first: ``DIR``, ``DIR.1``, ..., ``DIR.{keep-1}`` (rotated by renames; every name that
 exists at any moment holds a complete checkpoint). ``config.json``/``state.json`` record each file's
-size, so truncation is detected on load, and `load_latest_training_state` falls back to the newest
-kept state that is intact.
+size and sha256, so truncation and damage are detected on load, and `load_latest_training_state` falls
+back to the newest kept state that is intact.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -57,18 +58,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync the
+    directory): the one file writer of the project. An OSError becomes a one-line `StorageError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise storage_error(err, path) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise storage_error(err, path, " (any previous file is intact)" if path.exists() else "") from err
         raise
     _fsync_dir(path.parent)
 
@@ -150,18 +157,35 @@ def atomic_directory(directory: str | Path, keep: int = 1) -> Iterator[Path]:
     _remove_stale_temps(directory, tmp)
 
 
-def _file_sizes(directory: Path, names: list[str]) -> dict[str, int]:
-    return {name: (directory / name).stat().st_size for name in names}
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _check_files(directory: Path, sizes: dict[str, int]) -> None:
-    for name, size in sizes.items():
+def _file_records(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What `_check_files` verifies on load: each file's size and sha256."""
+    return {name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)} for name in names}
+
+
+def _check_files(directory: Path, records: dict[str, Any]) -> None:
+    """Every recorded file present, of its size and (when recorded) its sha256; else `CorruptCheckpointError`.
+
+    Records written before sha256 was stored are a plain byte count, still checked."""
+    for name, record in records.items():
         file = directory / name
+        size, digest = (record, None) if isinstance(record, int | None) else (record["bytes"], record.get("sha256"))
         if not file.is_file():
-            raise CorruptCheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
-        if file.stat().st_size != size:
+            raise CorruptCheckpointError(f"checkpoint {directory} is incomplete: {name} is missing; restore it from a "
+                                         "copy or re-create the checkpoint (pretrain/train --resume writes it again)")
+        if size is not None and file.stat().st_size != size:
             raise CorruptCheckpointError(f"checkpoint {directory} is corrupt: {name} has {file.stat().st_size} bytes, "
-                                  f"expected {size} (truncated write?)")
+                                         f"expected {size} (truncated write?)")
+        if digest is not None and _sha256(file) != digest:
+            raise CorruptCheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its sha256 "
+                                         "(damaged on disk or edited)")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -198,20 +222,43 @@ def _tensor_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save weights (safetensors) and config (JSON) atomically; ``extra`` is free-form JSON metadata."""
+def save_weights_dir(directory: str | Path, state: dict[str, torch.Tensor], header: dict[str, Any], *,
+                     config_name: str = MODEL_CONFIG, weights_name: str = MODEL_WEIGHTS) -> Path:
+    """Write ``directory`` atomically: ``state`` as safetensors, ``header`` (plus the format version and
+    the weights file's size and sha256) as JSON. The one writer of model-like directories."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        save_file(_tensor_dict(model.state_dict()), str(tmp / MODEL_WEIGHTS))
-        config = {
-            "format_version": FORMAT_VERSION,
-            "model_class": type(model).__name__,
-            "model": model.config.model_dump(),
-            "extra": extra or {},
-            "files": _file_sizes(tmp, [MODEL_WEIGHTS]),
-        }
-        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(_tensor_dict(state), str(tmp / weights_name))
+        meta = {**header, "format_version": FORMAT_VERSION, "files": _file_records(tmp, [weights_name])}
+        (tmp / config_name).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def load_weights_dir(directory: str | Path, *, config_name: str = MODEL_CONFIG, weights_name: str = MODEL_WEIGHTS,
+                     what: str = "model") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read what `save_weights_dir` wrote, every file verified: (the JSON header, the tensors)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if not (directory / config_name).is_file():
+        raise CorruptCheckpointError(f"{directory} is not a discdistill checkpoint: it holds no {what} "
+                                     f"({config_name} not found)")
+    meta = _read_json(directory / config_name)
+    _check_files(directory, meta.get("files", {weights_name: None}))
+    return meta, _load_tensors(directory / weights_name)
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{directory}: weights do not match the saved config ({err})") from err
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save weights (safetensors) and config (JSON) atomically; ``extra`` is free-form JSON metadata."""
+    header = {"model_class": type(model).__name__, "model": model.config.model_dump(), "extra": extra or {}}
+    return save_weights_dir(directory, model.state_dict(), header)
 
 
 def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
@@ -222,19 +269,12 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
 def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved by `save_pretrained` and load its weights (strict)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    config = _read_json(directory / MODEL_CONFIG)
-    _check_files(directory, config.get("files", {MODEL_WEIGHTS: (directory / MODEL_WEIGHTS).stat().st_size}))
+    config, state = load_weights_dir(directory)
     classes = _model_classes()
     if config.get("model_class") not in classes:
         raise CheckpointError(f"{directory}: unknown model class {config.get('model_class')!r}")
     model = classes[config["model_class"]](build(ModelConfig, config["model"]))
-    state = _load_tensors(directory / MODEL_WEIGHTS)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{directory}: weights do not match the saved config ({err})") from err
+    load_state_strict(model, state, directory)
     return model.to(map_location)
 
 
@@ -307,7 +347,7 @@ def save_training_state(
             "meta": meta,
             "optimizers": optim_json,
             "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
-            "files": _file_sizes(tmp, [STATE_TENSORS]),
+            "files": _file_records(tmp, [STATE_TENSORS]),
         }
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=2, sort_keys=True, default=_json_default) + "\n")
     return directory

@@ -6,7 +6,6 @@ Every command takes ``--config FILE`` (TOML or JSON) and repeatable ``--set key=
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -35,6 +34,12 @@ def domain_option(func: Callable) -> Callable:
 def config_options(func: Callable) -> Callable:
     func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
     return click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)(func)
+
+
+def overwrite_option(func: Callable) -> Callable:
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace the run already in --out (it is deleted only once the new run's first "
+                             "checkpoint is written). Without it or --resume, an existing run is refused.")(func)
 
 
 def sampling_options(func: Callable) -> Callable:
@@ -104,9 +109,10 @@ def domains() -> None:
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seeds data order, noise and initialisation.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
-def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, quiet: bool,
+def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, overwrite: bool, quiet: bool,
              config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Pre-train a masked-diffusion teacher with the MDLM ELBO.
 
@@ -119,7 +125,8 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
     config = load_config(PretrainConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain)
     out_dir = out_dir or Path("runs") / domain
-    model_dir = pretrain_domain(target, config, out_dir, source=data, resume=resume, progress=not quiet)
+    model_dir = pretrain_domain(target, config, out_dir, source=data, resume=resume, overwrite=overwrite,
+                                progress=not quiet)
     if world_from_env()[0] == 0:
         click.echo(f"teacher saved to {model_dir}")
 
@@ -153,6 +160,7 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
     Prints samples/s and tokens/s (wall time of generation, decoding excluded), the denoiser passes
     and, for RGAS, the discriminator passes it added.
     """
+    from discdistill.rundir import check_writable
     from discdistill.sampling import ancestral_step
     from discdistill.workflows import generate, is_shipped, load_denoiser, resolve_checkpoint
 
@@ -160,6 +168,9 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
     target = plugins.get_domain(domain)
     shipped = is_shipped(checkpoint)
     checkpoint = resolve_checkpoint(checkpoint, target)
+    out_root = Path("runs") / f"{target.name}-{checkpoint.name}" if shipped else checkpoint  # not into the package
+    out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
+    check_writable(out_file.parent)  # before generating, not after
     torch_device = resolve_device(device)
     model, saved = load_denoiser(checkpoint, target, torch_device)
     time_conditioned = bool(saved["extra"].get("time_conditioned", False))
@@ -173,8 +184,7 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
     result = generate(model, config, device=torch_device, time_conditioned=time_conditioned,
                       step_rule=step_rule, initial_state=target.initial_state,
                       forbidden_tokens=target.forbidden_tokens())
-    out_root = Path("runs") / f"{target.name}-{checkpoint.name}" if shipped else checkpoint  # not into the package
-    out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
+
     metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
                 "precision": config.precision, "noise_removal": config.noise_removal}
     written = target.write_samples(target.decode_samples(result.ids), out_file, metadata)
@@ -199,10 +209,11 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seeds data order, rollouts and corruption.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same data order and RNG stream).")
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
-def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | None, resume: bool, quiet: bool,
-          config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | None, resume: bool, overwrite: bool,
+          quiet: bool, config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Distil a teacher into a few-step student with DiDi-Instruct.
 
     Every technique of the method is a switch (see docs/distillation.md), e.g. --set two_step=false,
@@ -210,18 +221,22 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
     """
     from discdistill.checkpoint import load_pretrained
     from discdistill.distill.config import DistillConfig
-    from discdistill.distill.trainer import distill
+    from discdistill.distill.trainer import DISTILL_ARTEFACTS, distill
+    from discdistill.rundir import RunDirectory
     from discdistill.workflows import check_compatible, resolve_teacher
 
     target = plugins.get_domain(domain)
     config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))],
                          **target.distill_defaults())
+    out_dir = out_dir or Path("runs") / f"{domain}-student"
+    RunDirectory(out_dir, DISTILL_ARTEFACTS, resume=resume, overwrite=overwrite,
+                 writer=world_from_env()[0] == 0).preflight()  # before a teacher is trained or loaded
     teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
     teacher_model = load_pretrained(teacher_dir)
     check_compatible(teacher_model, target, teacher_model.seq_len)
     train_data = target.dataset("train", teacher_model.seq_len, data) if config.positives == "data" else None
-    out_dir = out_dir or Path("runs") / f"{domain}-student"
-    student_dir = distill(config, teacher_dir, train_data, out_dir, resume=resume, progress=not quiet)
+    student_dir = distill(config, teacher_dir, train_data, out_dir, resume=resume, overwrite=overwrite,
+                          progress=not quiet)
     if world_from_env()[0] == 0:
         click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
@@ -232,7 +247,8 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
 @click.option("--teacher", default=None, metavar="PATH",
               help="Teacher model/run directory [the domain's shipped teacher, else its cached default].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory of the live distillation [runs/<domain>-demo].")
+              help="Run directory of the live distillation [runs/<domain>-demo, replaced on every demo; an "
+                   "explicit --out is never replaced without --overwrite].")
 @click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
               help="Live distillation iterations (about 4.5 s each for chars on 2 CPU cores).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=32, show_default=True,
@@ -242,9 +258,11 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
               help="The teacher's many-step count.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (the same for every row).")
 @click.option("--quiet", is_flag=True, help="No progress bar during distillation.")
+@overwrite_option
 @config_options
 def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int, num_samples: int, steps: int,
-         many_steps: int, seed: int, quiet: bool, config_file: str | None, overrides: tuple[str, ...]) -> None:
+         many_steps: int, seed: int, quiet: bool, overwrite: bool, config_file: str | None,
+         overrides: tuple[str, ...]) -> None:
     """Distil for a few minutes, then show teacher@8, teacher@256 and student@8 side by side.
 
     \b
@@ -267,10 +285,11 @@ def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int
                          **target.distill_defaults())
     teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
     teacher_model = load_pretrained(teacher_dir).eval()
+    overwrite = overwrite or out_dir is None  # the default demo directory is scratch: each demo replaces it
     out_dir = out_dir or Path("runs") / f"{domain}-demo"
     train_data = target.dataset("train", teacher_model.seq_len) if config.positives == "data" else None
     click.echo(f"distilling a {steps}-step student for {iterations} iterations into {out_dir}")
-    student_dir = distill(config, teacher_dir, train_data, out_dir, progress=not quiet)
+    student_dir = distill(config, teacher_dir, train_data, out_dir, overwrite=overwrite, progress=not quiet)
     rows = [(f"teacher@{steps}", teacher_model, steps), (f"teacher@{many_steps}", teacher_model, many_steps),
             (f"student@{steps} ({iterations} it, live)", load_pretrained(student_dir).eval(), steps)]
     if "student" in target.shipped_models():
@@ -339,6 +358,7 @@ def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path
     """
     from discdistill.evaluation.config import EvalConfig
     from discdistill.evaluation.runner import evaluate
+    from discdistill.rundir import check_writable
 
     if (checkpoint is None) == (not samples_files):
         raise click.UsageError("give --checkpoint (generate) or --samples FILE (read), not both and not neither")
@@ -353,6 +373,7 @@ def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path
             out_dir = Path("runs") / f"eval-{target.name}-{checkpoint.name}-{config.sampler}"
     if out_dir is None:
         out_dir = checkpoint / f"eval-{config.sampler}" if checkpoint is not None else Path("eval")
+    check_writable(out_dir)  # before generating and judging, not after
     report = evaluate(target, config, checkpoint=checkpoint, samples=samples_files, reference_file=reference_file,
                       out_dir=out_dir, progress=not quiet)
     json_path, md_path = report.save(out_dir)
@@ -411,8 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
+    except click.ClickException as err:  # one line, like every other user error (click's own is 3-4)
+        usage = isinstance(err, click.UsageError) and err.ctx is not None
+        hint = f" (see '{err.ctx.command_path} --help')" if usage else ""
+        click.echo(f"error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
     except DiscdistillError as err:
         rank, world_size, _ = world_from_env()

@@ -19,9 +19,10 @@ from discdistill.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a config file must not be silently ignored."""
+    """Unknown keys are errors: a typo in a config file must not be silently ignored; NaN and
+    infinity are refused for every float (a NaN learning rate passes `gt=0` checks otherwise)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(StrictModel):
@@ -145,11 +146,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+#: Largest config file read (1 MiB): configs are a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON config file into a dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:  # a data file passed as --config by mistake
+        raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes; a config file is at most "
+                          f"{MAX_CONFIG_BYTES:,} (is it a data file? data goes to --data)")
     try:
         if path.suffix == ".toml":
             return tomllib.loads(path.read_text())
@@ -158,7 +166,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from err
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file {path} ({getattr(err, 'strerror', None) or err})") from err
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ConfigError(f"cannot read config file {path} ({reason})") from err
     raise ConfigError(f"config file {path} must end in .toml or .json")
 
 

@@ -41,3 +41,7 @@ class StorageError(DiscdistillError):
 
 class NumericalError(DiscdistillError):
     """Training produced non-finite losses for too many consecutive steps."""
+
+
+class RunInUseError(DiscdistillError):
+    """Another process is writing the same run directory."""

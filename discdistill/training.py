@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,16 +25,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discdistill.checkpoint import load_latest_training_state, save_pretrained, save_training_state, storage_error
+from discdistill.checkpoint import atomic_write_bytes, load_latest_training_state, save_pretrained, save_training_state
 from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_preset
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked, nats_to_bits
 from discdistill.distributed import DistContext, init_distributed
 from discdistill.errors import CheckpointError, DataError, DiscdistillError, NumericalError
 from discdistill.models import DiT
+from discdistill.rundir import RunDirectory
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
 MODEL_DIR, STATE_DIR, METRICS_FILE = "model", "checkpoint", "metrics.jsonl"
+PRETRAIN_ARTEFACTS = (MODEL_DIR, STATE_DIR, METRICS_FILE)
 
 
 class TrainingInterrupted(DiscdistillError):
@@ -170,7 +171,7 @@ class MetricsLog:
         kept = []
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())  # a crash here keeps the old log
         self.handle = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -369,6 +370,7 @@ def pretrain(
     vocab_size: int,
     mask_id: int,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
@@ -378,13 +380,23 @@ def pretrain(
     Under torchrun (or with an explicit ``ctx``) the global batch ``config.batch_size`` is sharded
     over ranks (discdistill.distributed); rank 0 logs and writes. Results do not depend on the world
     size or on ``grad_accum`` beyond float rounding (with dropout 0; dropout masks differ per shard).
+    An existing run in ``out_dir`` is continued with ``resume``, replaced with ``overwrite`` (once the
+    new run's first checkpoint is written), and otherwise refused (discdistill.rundir).
     """
     out_dir = Path(out_dir)
     _check_blocks(train, validation)
     ctx = ctx or init_distributed(config.device)
     ctx.shard(config.batch_size, config.grad_accum)  # refuse an uneven split before any work
-    if ctx.is_main:
-        ensure_writable(out_dir)
+    with RunDirectory(out_dir, PRETRAIN_ARTEFACTS, resume=resume, overwrite=overwrite, writer=ctx.is_main) as claim:
+        return _pretrain_in(claim, config, train, validation, vocab_size=vocab_size, mask_id=mask_id, resume=resume,
+                            progress=progress, extra=extra, ctx=ctx)
+
+
+def _pretrain_in(claim: RunDirectory, config: PretrainConfig, train: torch.Tensor, validation: torch.Tensor, *,
+                 vocab_size: int, mask_id: int, resume: bool, progress: bool, extra: dict[str, Any] | None,
+                 ctx: DistContext) -> Path:
+    """`pretrain`'s loop, inside the claimed run directory."""
+    out_dir = claim.path
     device, seq_len = ctx.device, train.shape[1]
     torch.manual_seed(config.seed)
     run = _start_training(config, build_teacher(config, vocab_size, mask_id, seq_len).to(device), out_dir, resume, ctx)
@@ -394,6 +406,11 @@ def pretrain(
     bar = tqdm(range(run.start, config.steps), initial=run.start, total=config.steps, desc="pretrain",
                disable=not (progress and ctx.is_main))
     stop = StopRequest()
+
+    def save(step: int) -> None:
+        run.checkpoint(step, out_dir, config, ctx)
+        claim.checkpoint_saved()
+
     try:
         with stop:
             for step in bar:
@@ -420,16 +437,16 @@ def pretrain(
                         log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.3f}")
                 if ctx.any(stop.requested):
-                    run.checkpoint(done, out_dir, config, ctx)
+                    save(done)
                     raise TrainingInterrupted(f"interrupted at step {done}: checkpoint saved in "
                                               f"{out_dir / STATE_DIR}; continue with --resume")
                 if done % config.save_every == 0 and done < config.steps:
-                    run.checkpoint(done, out_dir, config, ctx)
+                    save(done)
     finally:
         if log is not None:
             log.close()
         bar.close()
-    run.checkpoint(config.steps, out_dir, config, ctx)
+    save(config.steps)
     return _save_teacher(run, config, validation, out_dir, vocab_size, mask_id, seq_len, extra, ctx)
 
 
@@ -460,13 +477,3 @@ def _fsdp_optimizer(objective: nn.Module, state: dict[str, Any], scheduler: Any,
                                  options=StateDictOptions(full_state_dict=True))
     new_scheduler.load_state_dict(scheduler.state_dict())
     return optimizer, new_scheduler
-
-
-def ensure_writable(out_dir: Path) -> None:
-    """Fail before training, not at the first checkpoint, when ``out_dir`` cannot be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise storage_error(err, out_dir) from err

@@ -18,20 +18,24 @@ from discdistill.checkpoint import load_pretrained, read_pretrained_config
 from discdistill.config import PretrainConfig, SamplingConfig, build
 from discdistill.diffusion import LogLinearSchedule
 from discdistill.errors import CheckpointError, ModelMismatchError
+from discdistill.distributed import world_from_env
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
+from discdistill.rundir import RunDirectory
 from discdistill.sampling import StepRule, ancestral_step, sample
-from discdistill.training import MODEL_DIR, pretrain, resolve_device
+from discdistill.training import MODEL_DIR, PRETRAIN_ARTEFACTS, pretrain, resolve_device
 
 
 def pretrain_domain(domain: Domain, config: PretrainConfig, out_dir: Path, *, source: str | None = None,
-                    resume: bool = False, progress: bool = True) -> Path:
+                    resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Build the domain's blocks and pre-train a teacher on them; return the saved model directory."""
+    RunDirectory(out_dir, PRETRAIN_ARTEFACTS, resume=resume, overwrite=overwrite,
+                 writer=world_from_env()[0] == 0).preflight()  # before reading a corpus
     seq_len = config.seq_len or domain.default_seq_len
     train = domain.dataset("train", seq_len, source)
     validation = domain.dataset("validation", seq_len, source)
     tokenizer = domain.tokenizer()
     return pretrain(config, train, validation, out_dir, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-                    resume=resume, progress=progress,
+                    resume=resume, overwrite=overwrite, progress=progress,
                     extra={"domain": domain.name, "data": source or "embedded", "seq_len": seq_len})
 
 
@@ -178,7 +182,7 @@ def resolve_teacher(domain: Domain, teacher: str | None, *, device: str, progres
         f"({DEFAULT_TEACHER_RECIPE['steps']} steps on the embedded corpus; cached for next time)")
     config = build(PretrainConfig, {**DEFAULT_TEACHER_RECIPE, "device": device})
     resume = (run_dir / "checkpoint").is_dir()  # a previous attempt was interrupted: continue it
-    return pretrain_domain(domain, config, run_dir, resume=resume, progress=progress)
+    return pretrain_domain(domain, config, run_dir, resume=resume, overwrite=not resume, progress=progress)
 
 
 __all__ = ["pretrain_domain", "resolve_model_dir", "resolve_checkpoint", "check_compatible", "load_denoiser", "generate",

@@ -142,4 +142,4 @@ def test_train_refuses_an_existing_run_without_resume(toy_plugin, tmp_path, caps
             "--iterations", "1", "--batch-rows", "1", "--device", "cpu", "--quiet", "--set", "warmup_steps=0"]
     assert run(args, capsys)[0] == 0
     code, _, err = run(args, capsys)
-    assert code == 1 and "already holds a distillation run; pass --resume" in err
+    assert code == 1 and "already holds a run (discriminator, metrics.jsonl, state, student); pass --resume" in err

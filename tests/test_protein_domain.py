@@ -30,7 +30,7 @@ from discdistill_protein.fasta import parse_metadata, read_fasta, write_fasta  #
 from discdistill_protein.tokenizer import RESIDUES, ProteinTokenizer  # noqa: E402
 
 import discdistill.plugins  # noqa: E402
-from discdistill.errors import ConfigError, DataError, ModelMismatchError  # noqa: E402
+from discdistill.errors import ConfigError, DataError, ModelMismatchError, StorageError  # noqa: E402
 from discdistill.sampling import sample  # noqa: E402
 
 PAD, EOS, BOS, UNK, MASK = 0, 1, 2, 3, 29
@@ -295,7 +295,7 @@ def test_write_samples_metadata_and_atomicity(tmp_path, domain, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="samples.fasta: disk full \\(any previous file is intact\\)"):
         domain.write_samples(["WWWW"], path, meta)
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["samples.fasta"]
 

@@ -8,23 +8,21 @@ adaLN layers may use it) and accepts soft inputs [B, L, V] for RGAS's gradient t
 
 Saved as ``DIR/discriminator.safetensors`` (full state dict: frozen trunk included, so a run directory
 is self-contained; spectral-norm parametrisations appear as ``head.*.parametrizations.weight.{original,0._u,0._v}``)
-and ``DIR/discriminator.json`` (trunk ModelConfig, K, file sizes). The trunk's vocabulary output layer,
+and ``DIR/discriminator.json`` (trunk ModelConfig, K, file size and sha256). The trunk's vocabulary output layer,
 unused, is dropped from the copy.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from discdistill.checkpoint import FORMAT_VERSION, atomic_directory
+from discdistill.checkpoint import load_state_strict, load_weights_dir, save_weights_dir
 from discdistill.config import ModelConfig, build
 from discdistill.errors import CheckpointError
 from discdistill.interfaces import Discriminator
@@ -65,51 +63,22 @@ class DiTDiscriminator(Discriminator):
 
 
 def save_discriminator(disc: DiTDiscriminator, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``directory`` atomically: safetensors weights + JSON config."""
-    directory = Path(directory)
-    with atomic_directory(directory) as tmp:
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in disc.state_dict().items()}
-        save_file(state, str(tmp / DISC_WEIGHTS))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "model_class": type(disc).__name__,
-            "trunk_class": type(disc.trunk).__name__,
-            "model": disc.config.model_dump(),
-            "trainable_blocks": disc.trainable_blocks,
-            "extra": extra or {},
-            "files": {DISC_WEIGHTS: (tmp / DISC_WEIGHTS).stat().st_size},
-        }
-        (tmp / DISC_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return directory
+    """Write ``directory`` atomically: safetensors weights + JSON config (checkpoint.save_weights_dir)."""
+    header = {"model_class": type(disc).__name__, "trunk_class": type(disc.trunk).__name__,
+              "model": disc.config.model_dump(), "trainable_blocks": disc.trainable_blocks, "extra": extra or {}}
+    return save_weights_dir(directory, disc.state_dict(), header, config_name=DISC_CONFIG, weights_name=DISC_WEIGHTS)
 
 
 def load_discriminator(directory: str | Path, map_location: str | torch.device = "cpu") -> DiTDiscriminator:
-    """Rebuild the discriminator written by `save_discriminator` (strict weight match)."""
+    """Rebuild the discriminator written by `save_discriminator` (files verified, strict weight match)."""
     from discdistill.models import DiT  # local import: models may import distill helpers later
 
     directory = Path(directory)
-    config_path = directory / DISC_CONFIG
-    if not config_path.is_file():
+    if not (directory / DISC_CONFIG).is_file():
         raise CheckpointError(f"{directory} holds no discriminator ({DISC_CONFIG} not found); "
                               "give a distillation run directory or its discriminator/ folder")
-    try:
-        meta = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is corrupt ({err})") from err
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{config_path} has format version {meta.get('format_version')!r}; "
-                              f"this discdistill reads up to {FORMAT_VERSION}")
-    for name, size in meta.get("files", {}).items():
-        file = directory / name
-        if not file.is_file() or file.stat().st_size != size:
-            raise CheckpointError(f"discriminator checkpoint {directory} is incomplete or truncated ({name})")
+    meta, state = load_weights_dir(directory, config_name=DISC_CONFIG, weights_name=DISC_WEIGHTS,
+                                   what="discriminator")
     disc = DiTDiscriminator(DiT(build(ModelConfig, meta["model"])), trainable_blocks=meta["trainable_blocks"])
-    try:
-        state = load_file(str(directory / DISC_WEIGHTS))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise CheckpointError(f"{directory / DISC_WEIGHTS} is corrupt ({err})") from err
-    try:
-        disc.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{directory}: discriminator weights do not match its config ({err})") from err
+    load_state_strict(disc, state, directory)
     return disc.to(map_location)

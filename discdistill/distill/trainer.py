@@ -57,11 +57,13 @@ from discdistill.distill.objectives import make_objective
 from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
 from discdistill.errors import ConfigError, DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
+from discdistill.rundir import RunDirectory
 from discdistill.sampling import sample
-from discdistill.distributed import init_distributed
+from discdistill.distributed import init_distributed, world_from_env
 from discdistill.training import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
+DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)
 #: Config fields that may change between a run and its resume (they do not affect the numbers).
 _RESUMABLE_CHANGES = {"log_every", "save_every", "device", "keep_checkpoints", "max_nonfinite"}
 
@@ -121,6 +123,7 @@ class DistillTrainer:
         self.batches = (EpochBatches(len(self.train_data), config.batch_rows, config.seed)
                         if self.train_data is not None else None)
         self.iteration = 0
+        self.on_checkpoint: Callable[[], None] = lambda: None  # called after each complete save
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_data(self, data: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
@@ -342,6 +345,7 @@ class DistillTrainer:
         """Write student (EMA), discriminator and training state (rank 0); return the student directory."""
         generators = self.ctx.gather(_generator_state(self.generator))  # every rank's noise stream
         self.ctx.on_main(lambda: self._write(generators))
+        self.on_checkpoint()
         return self.out_dir / STUDENT_DIR
 
     def _write(self, generators: list[Any]) -> Path:
@@ -409,22 +413,23 @@ class DistillTrainer:
 
 
 def distill(config: DistillConfig, teacher_dir_or_model: str | Path | nn.Module, train_data: torch.Tensor | None,
-            out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+            out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Distil a teacher into a few-step student with DiDi-Instruct; return OUT/student (the EMA student).
 
     ``teacher_dir_or_model``: a `save_pretrained` directory or a DiT; ``train_data``: LongTensor [N, L] of
     ids (may be None when ``config.positives == "teacher"``). ``resume`` continues the run in ``out_dir``
-    exactly (same data order and noise); without it, ``out_dir`` must not already hold a run.
+    exactly (same data order and noise); ``overwrite`` replaces it once the new run's first state is
+    written; with neither, ``out_dir`` must not already hold a run (discdistill.rundir).
     """
     out_dir = Path(out_dir)
     if isinstance(teacher_dir_or_model, nn.Module):
         teacher, teacher_path = teacher_dir_or_model, None
     else:
         teacher, teacher_path = load_pretrained(teacher_dir_or_model), str(teacher_dir_or_model)
-    if not resume and (out_dir / STATE_DIR).exists():
-        raise ConfigError(f"{out_dir} already holds a distillation run; pass --resume to continue it "
-                          "or choose a new output directory")
-    trainer = DistillTrainer(config, teacher, train_data, out_dir, teacher_path=teacher_path, progress=progress)
-    if resume:
-        trainer.load()
-    return trainer.run()
+    writer = world_from_env()[0] == 0
+    with RunDirectory(out_dir, DISTILL_ARTEFACTS, resume=resume, overwrite=overwrite, writer=writer) as claim:
+        trainer = DistillTrainer(config, teacher, train_data, out_dir, teacher_path=teacher_path, progress=progress)
+        trainer.on_checkpoint = claim.checkpoint_saved
+        if resume:
+            trainer.load()
+        return trainer.run()

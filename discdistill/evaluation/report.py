@@ -8,16 +8,14 @@ perplexity may only mean less diverse samples.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import ConfigDict, Field, ValidationError
 
 from discdistill.config import StrictModel
 from discdistill.diffusion import nats_to_bits
+from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import DataError
 
 #: Default relative entropy difference above which a row is flagged.
@@ -28,9 +26,10 @@ REPORT_MD = "eval.md"
 
 class ReportModel(StrictModel):
     """Non-finite numbers (a metric of an empty set) are written as the strings "NaN"/"Infinity", which
-    read back as floats; plain JSON has no nan, and pydantic's default (null) would not read back."""
+    read back as floats; plain JSON has no nan, and pydantic's default (null) would not read back.
+    Unlike settings, measurements may be non-finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, ser_json_inf_nan="strings")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, ser_json_inf_nan="strings", allow_inf_nan=True)
 
 
 class EvalProtocol(ReportModel):
@@ -114,8 +113,8 @@ class EvalReport(ReportModel):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
-        _write_atomic(json_path, self.model_dump_json(indent=2) + "\n")
-        _write_atomic(md_path, self.markdown())
+        atomic_write_bytes(json_path, (self.model_dump_json(indent=2) + "\n").encode())
+        atomic_write_bytes(md_path, self.markdown().encode())
         return json_path, md_path
 
     @classmethod
@@ -187,18 +186,6 @@ def load_reference(path: str | Path, tolerance: float = ENTROPY_TOLERANCE) -> En
     if not report.rows:
         raise DataError(f"{path} has no rows to compare against")
     return reference_from(report.rows, str(path), tolerance)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` and rename into place: a crash never leaves half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["EvalProtocol", "EvalRow", "EvalReport", "EntropyReference", "flag_entropy", "reference_row",

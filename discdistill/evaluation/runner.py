@@ -26,6 +26,7 @@ from discdistill.evaluation.perplexity import generative_perplexity, judge_input
 from discdistill.evaluation.report import (
     EvalProtocol, EvalReport, EvalRow, flag_entropy, load_reference, reference_from,
 )
+from discdistill.errors import DataError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.sampling import StepRule, ancestral_step
 from discdistill.training import resolve_device
@@ -91,6 +92,8 @@ def read_sets(domain: Domain, paths: Sequence[Path], steps: Sequence[int | None]
     sets = []
     for path, step in zip(paths, steps, strict=True):
         rows = [torch.tensor(tokenizer.encode(obj), dtype=torch.long) for obj in domain.read_samples(Path(path))]
+        if not rows or not any(len(row) for row in rows):
+            raise DataError(f"{path} holds no samples; give a file written by `discdistill sample`")
         sets.append(SampleSet(Path(path).name, step, "file", rows))
     return sets
 

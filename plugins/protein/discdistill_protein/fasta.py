@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
+from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import DataError
 from discdistill_protein.tokenizer import (
     NUCLEOTIDE_LETTERS,
@@ -97,10 +97,10 @@ def _iter_seqrecords(path: Path) -> Iterator[SeqRecord]:
 
 
 def _problem_report(path: Path, problems: list[str], total: int) -> str:
-    lines = "\n".join(f"  - {p}" for p in problems)
-    more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
+    """One line (the CLI's error contract), the first problems in full, then how many more."""
+    more = f"; ... and {total - len(problems)} more" if total > len(problems) else ""
     noun = "problem" if total == 1 else "problems"
-    return f"{path}: {total} {noun} found; nothing was loaded. Fix the file and retry:\n{lines}{more}"
+    return f"{path}: {total} {noun} found; nothing was loaded. Fix the file and retry: {'; '.join(problems)}{more}"
 
 
 def read_fasta(path: str | os.PathLike[str], *, strict: bool = True,
@@ -155,23 +155,6 @@ def read_fasta(path: str | os.PathLike[str], *, strict: bool = True,
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling and `os.replace` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_fasta(records: Iterable[ProteinRecord | SeqRecord], path: str | os.PathLike[str]) -> Path:
     """Write records with `Bio.SeqIO` (60 residues a line), atomically; ``.gz`` targets are gzip."""
     seq_records = [r if isinstance(r, SeqRecord) else SeqRecord(Seq(r.sequence), id=r.id, description=r.description)
@@ -182,7 +165,8 @@ def write_fasta(records: Iterable[ProteinRecord | SeqRecord], path: str | os.Pat
     path = Path(path)
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
-    return atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
+    return path
 
 
 _SAFE = "/:.,+-_@~()[]"

@@ -44,6 +44,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from discdistill.checkpoint import atomic_write_json
 from discdistill.errors import ConfigError, DataError
 
 from discdistill_text.tokenizer import EOS_ID, get_tokenizer
@@ -373,9 +374,7 @@ def write_token_cache(texts: Iterable[list[str]], data_path: Path, meta_path: Pa
         raise
     meta = {"format": _CACHE_FORMAT, "tokens": tokens, "documents": documents, "dtype": "uint16",
             "tokenizer": "gpt2", "sha256": digest.hexdigest(), **(info or {})}
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path)
+    atomic_write_json(meta_path, meta)
     if tokens == 0:
         return np.empty(0, dtype=np.uint16)
     return np.memmap(data_path, dtype=np.uint16, mode="c")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain
 
@@ -143,17 +143,7 @@ def write_samples(samples: Sequence[str], path: str | os.PathLike[str], metadata
         meta = dict(metadata or {})
         content = "".join(json.dumps({**meta, "index": i, "text": s}, ensure_ascii=False, default=str) + "\n"
                           for i, s in enumerate(samples))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, content.encode("utf-8"))
     return path
 
 
