@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from discdistill.config import ModelConfig, build
+from discdistill.config import ModelConfig, StrictModel, build
 from discdistill.errors import CheckpointError, CorruptCheckpointError, StorageError
 
 FORMAT_VERSION = 1
@@ -255,9 +255,13 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], directo
         raise CheckpointError(f"{directory}: weights do not match the saved config ({err})") from err
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save weights (safetensors) and config (JSON) atomically; ``extra`` is free-form JSON metadata."""
+def save_pretrained(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None,
+                    run: StrictModel | None = None) -> Path:
+    """Save weights (safetensors) and config (JSON) atomically; ``extra`` is free-form JSON metadata,
+    ``run`` the model's `discdistill.run_settings.RunSettings` (what sampling must know), stored as "run"."""
     header = {"model_class": type(model).__name__, "model": model.config.model_dump(), "extra": extra or {}}
+    if run is not None:
+        header["run"] = run.model_dump(mode="json")
     return save_weights_dir(directory, model.state_dict(), header)
 
 

@@ -6,6 +6,7 @@ Every command takes ``--config FILE`` (TOML or JSON) and repeatable ``--set key=
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from discdistill import plugins
-from discdistill.config import PretrainConfig, SamplingConfig, build, load_config
+from discdistill.config import PretrainConfig, SamplingConfig, build, load_config, parse_override
 from discdistill.distributed import shutdown, world_from_env
 from discdistill.errors import DiscdistillError
 from discdistill.training import resolve_device
@@ -27,8 +28,21 @@ SET_HELP = "Override one configuration value, e.g. --set lr=3e-4 --set model_ove
 
 
 def domain_option(func: Callable) -> Callable:
+    """``--domain NAME`` and ``--domain-set KEY=VALUE``; the command receives ``domain_settings`` (a dict)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, domain_sets: tuple[str, ...], **kwargs: Any) -> Any:
+        settings: dict[str, Any] = {}
+        for item in domain_sets:
+            keys, value = parse_override(item)
+            settings[".".join(keys)] = value
+        return func(*args, domain_settings=settings, **kwargs)
+
+    wrapper = click.option("--domain-set", "domain_sets", multiple=True, metavar="KEY=VALUE",
+                           help="One of the domain's settings, e.g. --domain-set length_mode=sampled (protein); "
+                                "`discdistill domains` lists them. Stored in checkpoints and reports.")(wrapper)
     return click.option("--domain", required=True, metavar="NAME",
-                        help="Domain plugin to use (list them with `discdistill domains`).")(func)
+                        help="Domain plugin to use (list them with `discdistill domains`).")(wrapper)
 
 
 def config_options(func: Callable) -> Callable:
@@ -50,6 +64,10 @@ def sampling_options(func: Callable) -> Callable:
                         help="Categorical sampling precision [float64]; float32 truncates the tail, lowers "
                              "entropy (and flatters perplexity).")(func)
     return click.option("--seq-len", type=int, default=None, help="Sample length [the model's].")(func)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def explicit(**values: Any) -> dict[str, Any]:
@@ -84,14 +102,22 @@ def cli(ctx: click.Context, nproc: int | None) -> None:
 
 @cli.command()
 def domains() -> None:
-    """List the installed domains and the package that provides each."""
-    entries = plugins.installed_domains()
-    if not entries:
+    """List the installed domains, the package of each and its settings (--domain-set KEY=VALUE);
+    plugins that failed to load are listed as broken, with the reason."""
+    import warnings
+
+    with warnings.catch_warnings():  # listed below instead
+        warnings.simplefilter("ignore")
+        found = plugins.registry()
+    if not found.domains:
         click.echo("no domains installed (pip install discdistill-text, or write a plugin: docs/plugins.md)")
-        return
-    width = max(len(name) for name in entries)
-    for name, entry in sorted(entries.items()):
+    width = max((len(name) for name in found.domains), default=0)
+    for name, entry in sorted(found.domains.items()):
         click.echo(f"{name:<{width}}  {entry.package:<24}  {entry.domain_class.description}")
+        for field_name, field in entry.domain_class.Settings.model_fields.items():
+            click.echo(f"{'':<{width}}    --domain-set {field_name}=... [{field.default!r}] {field.description or ''}")
+    for plugin in found.broken:
+        click.echo(f"broken plugin {plugin.name!r} from package {plugin.package!r}: {plugin.problem}")
 
 
 @cli.command()
@@ -112,8 +138,8 @@ def domains() -> None:
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
-def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, overwrite: bool, quiet: bool,
-             config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+def pretrain(domain: str, domain_settings: dict[str, Any], out_dir: Path | None, data: str | None, resume: bool,
+             overwrite: bool, quiet: bool, config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Pre-train a masked-diffusion teacher with the MDLM ELBO.
 
     Prints validation NLL per token (nats) and its perplexity bound as it goes; writes the teacher
@@ -123,7 +149,7 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
     from discdistill.workflows import pretrain_domain
 
     config = load_config(PretrainConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
-    target = plugins.get_domain(domain)
+    target = plugins.get_domain(domain, domain_settings)
     out_dir = out_dir or Path("runs") / domain
     model_dir = pretrain_domain(target, config, out_dir, source=data, resume=resume, overwrite=overwrite,
                                 progress=not quiet)
@@ -152,28 +178,29 @@ def pretrain(domain: str, out_dir: Path | None, data: str | None, resume: bool, 
 @click.option("--h-start", type=float, default=None, help="RGAS: tilting scale at the first step [30].")
 @click.option("--h-end", type=float, default=None, help="RGAS: tilting scale at the last tilting step [40].")
 @config_options
-def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sampler: str,
-           rerank_ratio: float | None, candidates: int | None, h_start: float | None, h_end: float | None,
-           config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+def sample(domain: str, domain_settings: dict[str, Any], checkpoint: Path, device: str, out_file: Path | None,
+           sampler: str, rerank_ratio: float | None, candidates: int | None, h_start: float | None,
+           h_end: float | None, config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Generate samples with a teacher or student and write them in the domain's format.
 
+    Time conditioning, the schedule's eps and the domain's settings come from the checkpoint (its
+    run settings); --domain-set overrides a domain setting, with a warning when it differs.
     Prints samples/s and tokens/s (wall time of generation, decoding excluded), the denoiser passes
     and, for RGAS, the discriminator passes it added.
     """
     from discdistill.rundir import check_writable
     from discdistill.sampling import ancestral_step
-    from discdistill.workflows import generate, is_shipped, load_denoiser, resolve_checkpoint
+    from discdistill.workflows import domain_for_model, generate, is_shipped, load_denoiser, resolve_checkpoint
 
     config = load_config(SamplingConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
-    target = plugins.get_domain(domain)
     shipped = is_shipped(checkpoint)
-    checkpoint = resolve_checkpoint(checkpoint, target)
+    checkpoint = resolve_checkpoint(checkpoint, plugins.get_domain(domain))
+    target, run = domain_for_model(domain, domain_settings, checkpoint, warn=warn)
     out_root = Path("runs") / f"{target.name}-{checkpoint.name}" if shipped else checkpoint  # not into the package
     out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
     check_writable(out_file.parent)  # before generating, not after
     torch_device = resolve_device(device)
-    model, saved = load_denoiser(checkpoint, target, torch_device)
-    time_conditioned = bool(saved["extra"].get("time_conditioned", False))
+    model, _ = load_denoiser(checkpoint, target, torch_device)
     step_rule = ancestral_step
     if sampler == "rgas":
         from discdistill.distill.config import RGASConfig
@@ -181,12 +208,14 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
 
         knobs = explicit(rerank_ratio=rerank_ratio, candidates=candidates, h_start=h_start, h_end=h_end)
         step_rule = load_rgas(checkpoint, build(RGASConfig, knobs), map_location=torch_device)
-    result = generate(model, config, device=torch_device, time_conditioned=time_conditioned,
+    result = generate(model, config, device=torch_device, run=run,
                       step_rule=step_rule, initial_state=target.initial_state,
                       forbidden_tokens=target.forbidden_tokens())
 
     metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
-                "precision": config.precision, "noise_removal": config.noise_removal}
+                "precision": config.precision, "noise_removal": config.noise_removal,
+                "time_conditioned": run.time_conditioned, "schedule_eps": run.schedule.eps,
+                **{f"domain.{k}": v for k, v in target.settings.model_dump(mode="json").items()}}
     written = target.write_samples(target.decode_samples(result.ids), out_file, metadata)
     speed = result.throughput()
     disc = f", {step_rule.disc_passes} discriminator passes" if sampler == "rgas" else ""
@@ -212,8 +241,9 @@ def sample(domain: str, checkpoint: Path, device: str, out_file: Path | None, sa
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
-def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | None, resume: bool, overwrite: bool,
-          quiet: bool, config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+def train(domain: str, domain_settings: dict[str, Any], teacher: str | None, out_dir: Path | None, data: str | None,
+          resume: bool, overwrite: bool, quiet: bool, config_file: str | None, overrides: tuple[str, ...],
+          **options: Any) -> None:
     """Distil a teacher into a few-step student with DiDi-Instruct.
 
     Every technique of the method is a switch (see docs/distillation.md), e.g. --set two_step=false,
@@ -223,20 +253,23 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
     from discdistill.distill.config import DistillConfig
     from discdistill.distill.trainer import DISTILL_ARTEFACTS, distill
     from discdistill.rundir import RunDirectory
-    from discdistill.workflows import check_compatible, resolve_teacher
+    from discdistill.workflows import check_compatible, domain_for_model, resolve_teacher
 
-    target = plugins.get_domain(domain)
+    target = plugins.get_domain(domain, domain_settings)
     config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))],
                          **target.distill_defaults())
     out_dir = out_dir or Path("runs") / f"{domain}-student"
     RunDirectory(out_dir, DISTILL_ARTEFACTS, resume=resume, overwrite=overwrite,
                  writer=world_from_env()[0] == 0).preflight()  # before a teacher is trained or loaded
     teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
+    target, teacher_run = domain_for_model(domain, domain_settings, teacher_dir, warn=warn)  # the teacher's settings
     teacher_model = load_pretrained(teacher_dir)
     check_compatible(teacher_model, target, teacher_model.seq_len)
     train_data = target.dataset("train", teacher_model.seq_len, data) if config.positives == "data" else None
+    teacher_run = teacher_run.model_copy(update={"domain": target.name,
+                                                 "domain_settings": target.settings.model_dump(mode="json")})
     student_dir = distill(config, teacher_dir, train_data, out_dir, resume=resume, overwrite=overwrite,
-                          progress=not quiet)
+                          progress=not quiet, teacher_run=teacher_run)
     if world_from_env()[0] == 0:
         click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
@@ -260,9 +293,9 @@ def train(domain: str, teacher: str | None, out_dir: Path | None, data: str | No
 @click.option("--quiet", is_flag=True, help="No progress bar during distillation.")
 @overwrite_option
 @config_options
-def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int, num_samples: int, steps: int,
-         many_steps: int, seed: int, quiet: bool, overwrite: bool, config_file: str | None,
-         overrides: tuple[str, ...]) -> None:
+def demo(domain: str, domain_settings: dict[str, Any], teacher: str | None, out_dir: Path | None, iterations: int,
+         num_samples: int, steps: int, many_steps: int, seed: int, quiet: bool, overwrite: bool,
+         config_file: str | None, overrides: tuple[str, ...]) -> None:
     """Distil for a few minutes, then show teacher@8, teacher@256 and student@8 side by side.
 
     \b
@@ -280,7 +313,7 @@ def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int
     from discdistill.distill.trainer import distill
     from discdistill.workflows import resolve_model_dir, resolve_teacher
 
-    target = plugins.get_domain(domain)
+    target = plugins.get_domain(domain, domain_settings)
     config = load_config(DistillConfig, config_file, [*overrides, f"iterations={iterations}"],
                          **target.distill_defaults())
     teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
@@ -290,11 +323,10 @@ def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int
     train_data = target.dataset("train", teacher_model.seq_len) if config.positives == "data" else None
     click.echo(f"distilling a {steps}-step student for {iterations} iterations into {out_dir}")
     student_dir = distill(config, teacher_dir, train_data, out_dir, overwrite=overwrite, progress=not quiet)
-    rows = [(f"teacher@{steps}", teacher_model, steps), (f"teacher@{many_steps}", teacher_model, many_steps),
-            (f"student@{steps} ({iterations} it, live)", load_pretrained(student_dir).eval(), steps)]
+    rows = [(f"teacher@{steps}", teacher_dir, steps), (f"teacher@{many_steps}", teacher_dir, many_steps),
+            (f"student@{steps} ({iterations} it, live)", student_dir, steps)]
     if "student" in target.shipped_models():
-        shipped = resolve_model_dir(target.shipped_models()["student"])
-        rows.append((f"student@{steps} (shipped)", load_pretrained(shipped).eval(), steps))
+        rows.append((f"student@{steps} (shipped)", resolve_model_dir(target.shipped_models()["student"]), steps))
     results = run_demo(target, rows, num_samples=num_samples, seq_len=teacher_model.seq_len, seed=seed,
                        say=click.echo)
     protocol = [f"domain {domain}; teacher {teacher_dir}; live student {student_dir}",
@@ -335,9 +367,9 @@ def demo(domain: str, teacher: str | None, out_dir: Path | None, iterations: int
                    "[CHECKPOINT/eval-<sampler>, or ./eval with --samples].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @config_options
-def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path, ...], reference_file: Path | None,
-                 out_dir: Path | None, quiet: bool, config_file: str | None, overrides: tuple[str, ...],
-                 **options: Any) -> None:
+def eval_command(domain: str, domain_settings: dict[str, Any], checkpoint: Path | None,
+                 samples_files: tuple[Path, ...], reference_file: Path | None, out_dir: Path | None, quiet: bool,
+                 config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
     """Evaluate a teacher or student: generative perplexity, entropy, speed, domain metrics.
 
     \b
@@ -363,12 +395,13 @@ def eval_command(domain: str, checkpoint: Path | None, samples_files: tuple[Path
     if (checkpoint is None) == (not samples_files):
         raise click.UsageError("give --checkpoint (generate) or --samples FILE (read), not both and not neither")
     config = load_config(EvalConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
-    target = plugins.get_domain(domain)
-    if checkpoint is not None:
-        from discdistill.workflows import is_shipped, resolve_checkpoint
+    target = plugins.get_domain(domain, domain_settings)
+    if checkpoint is not None:  # the domain as the model was trained, --domain-set on top
+        from discdistill.workflows import domain_for_model, is_shipped, resolve_checkpoint
 
         shipped = is_shipped(checkpoint)
         checkpoint = resolve_checkpoint(checkpoint, target)
+        target, _ = domain_for_model(domain, domain_settings, checkpoint, warn=warn)
         if shipped and out_dir is None:  # never write into the installed package
             out_dir = Path("runs") / f"eval-{target.name}-{checkpoint.name}-{config.sampler}"
     if out_dir is None:

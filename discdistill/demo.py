@@ -13,11 +13,15 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from discdistill.checkpoint import load_pretrained, read_pretrained_config
+from discdistill.diffusion import LogLinearSchedule
 from discdistill.evaluation.entropy import mean_entropy
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
+from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.sampling import sample
 
 #: Samples the demo shows per row.
@@ -34,11 +38,14 @@ class DemoRow:
 
 
 def demo_row(label: str, model: MaskedDiffusionTeacher, domain: Domain, steps: int, num_samples: int,
-             seq_len: int, reference: torch.Tensor, seed: int = 0) -> DemoRow:
-    """``num_samples`` ancestral samples at ``steps`` (seed ``seed``), decoded and scored by the domain."""
+             seq_len: int, reference: torch.Tensor, seed: int = 0, run: RunSettings | None = None) -> DemoRow:
+    """``num_samples`` ancestral samples at ``steps`` (seed ``seed``), decoded and scored by the domain;
+    ``run``: the model's saved run settings (time conditioning, schedule eps)."""
+    run = run or RunSettings()
     tic = time.perf_counter()
     with torch.no_grad():
         ids = sample(model, num_samples=num_samples, seq_len=seq_len, steps=steps, mask_id=model.mask_id,
+                     schedule=LogLinearSchedule(run.schedule.eps), time_conditioned=run.time_conditioned,
                      generator=torch.Generator().manual_seed(seed), cache=False,
                      forbidden_tokens=domain.forbidden_tokens()).ids
     seconds = time.perf_counter() - tic
@@ -66,14 +73,16 @@ def render(rows: list[DemoRow], protocol: list[str], width: int = 100) -> str:
     return "\n".join([*out, "", *(f"- {p}" for p in protocol), "", *lines])
 
 
-def run_demo(domain: Domain, rows: list[tuple[str, MaskedDiffusionTeacher, int]], *, num_samples: int,
+def run_demo(domain: Domain, rows: list[tuple[str, Path, int]], *, num_samples: int,
              seq_len: int, seed: int = 0, say: Callable[[str], None] = print) -> list[DemoRow]:
-    """Score every (label, model, steps) row on the same seed; ``say`` reports progress."""
+    """Score every (label, model directory, steps) row on the same seed; ``say`` reports progress."""
     reference = domain.dataset("validation", seq_len)
     done = []
-    for label, model, steps in rows:
+    for label, model_dir, steps in rows:
         say(f"sampling {label} at {steps} steps ({num_samples} samples)")
-        done.append(demo_row(label, model, domain, steps, num_samples, seq_len, reference, seed))
+        model = load_pretrained(model_dir).eval()
+        run = run_settings_of(read_pretrained_config(model_dir))
+        done.append(demo_row(label, model, domain, steps, num_samples, seq_len, reference, seed, run))
     return done
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from discdistill.config import StrictModel
 from discdistill.errors import DataError
 
 
@@ -97,10 +98,21 @@ class Discriminator(nn.Module, ABC):
     def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
+class NoSettings(StrictModel):
+    """The settings of a domain that has none."""
+
+
 class Domain(ABC):
-    """What a plugin provides. Instantiated lazily by the plugin registry, so keep __init__ cheap."""
+    """What a plugin provides. Instantiated lazily by the plugin registry, so keep __init__ cheap.
+
+    A domain's behaviour is set by its ``Settings`` (a pydantic model, validated once): the command line
+    passes them as ``--domain-set KEY=VALUE``, checkpoints and eval reports record them. A subclass with
+    its own ``__init__`` takes ``settings`` and passes it to ``super().__init__``.
+    """
 
     name: ClassVar[str]
+    #: The domain's settings model; every field needs a default.
+    Settings: ClassVar[type[StrictModel]] = NoSettings
     description: ClassVar[str] = ""
     #: Sequence length used when the user gives none.
     default_seq_len: ClassVar[int] = 128
@@ -111,6 +123,9 @@ class Domain(ABC):
     #: Judge `discdistill eval` scores samples with when the user names none: "none" unless the
     #: samples are natural language ("smollm2", see `discdistill.evaluation.judges.JUDGES`).
     default_judge: ClassVar[str] = "none"
+
+    def __init__(self, settings: StrictModel | None = None) -> None:
+        self.settings = settings if settings is not None else self.Settings()
 
     @abstractmethod
     def tokenizer(self) -> Tokenizer: ...

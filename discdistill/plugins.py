@@ -18,13 +18,17 @@ module implementing the hooks below (the pytest / datasette convention)::
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
-from discdistill.errors import DomainNotFoundError, PluginError
+from discdistill.config import StrictModel, build
+from discdistill.errors import ConfigError, DomainNotFoundError, PluginError
 from discdistill.interfaces import Domain
 
 PROJECT = "discdistill"
@@ -54,8 +58,22 @@ def _plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
-def _load_entry_points(manager: pluggy.PluginManager) -> dict[str, str]:
-    """Register every entry point of the group; return plugin name -> distribution name."""
+@dataclass(frozen=True)
+class BrokenPlugin:
+    name: str
+    package: str
+    problem: str  # one line: what failed
+
+
+@dataclass(frozen=True)
+class Registry:
+    domains: dict[str, DomainEntry]
+    broken: tuple[BrokenPlugin, ...]  # plugins that failed; the others' domains still load
+
+
+def _load_entry_points(manager: pluggy.PluginManager, broken: list[BrokenPlugin]) -> dict[str, str]:
+    """Register every entry point of the group; return plugin name -> distribution name. A plugin that
+    fails to import is recorded in ``broken`` (named with its package), not raised."""
     sources: dict[str, str] = {}
     for module_name in BUILTIN_PLUGINS:
         module = __import__(module_name, fromlist=["_"])
@@ -65,8 +83,9 @@ def _load_entry_points(manager: pluggy.PluginManager) -> dict[str, str]:
         dist = entry_point.dist.name if entry_point.dist is not None else entry_point.value
         try:
             plugin: ModuleType = entry_point.load()
-        except Exception as err:  # noqa: BLE001 - any import failure must name the plugin
-            raise PluginError(f"plugin {entry_point.name!r} from package {dist!r} failed to load: {err!r}") from err
+        except Exception as err:  # noqa: BLE001 - any import failure must name the plugin, not stop the others
+            broken.append(BrokenPlugin(entry_point.name, dist, f"failed to load: {err!r}"))
+            continue
         if manager.is_registered(plugin):
             continue
         manager.register(plugin, name=entry_point.name)
@@ -74,24 +93,34 @@ def _load_entry_points(manager: pluggy.PluginManager) -> dict[str, str]:
     return sources
 
 
-def collect_domains(manager: pluggy.PluginManager, sources: dict[str, str]) -> dict[str, DomainEntry]:
-    """Ask each plugin for its domains, one by one, so a failing plugin is named in the error."""
+def _domains_of(plugin: object) -> list[type[Domain]]:
+    impl = getattr(plugin, "discdistill_domains", None)  # a plugin may implement other hooks only
+    if impl is None:
+        return []
+    try:
+        classes = impl()
+    except Exception as err:  # noqa: BLE001 - surface which plugin broke, whatever it raised
+        raise PluginError(f"raised while listing domains: {err!r}") from err
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, Domain)):
+            raise PluginError(f"returned {cls!r}, which is not a Domain subclass")
+    return list(classes)
+
+
+def collect_domains(manager: pluggy.PluginManager, sources: dict[str, str],
+                    broken: list[BrokenPlugin]) -> dict[str, DomainEntry]:
+    """Ask each plugin for its domains, one by one; a failing plugin goes to ``broken``, the rest load.
+    Two plugins providing one domain name is an error (which one is meant cannot be guessed)."""
     domains: dict[str, DomainEntry] = {}
     for plugin in manager.get_plugins():
         plugin_name = manager.get_name(plugin)
         package = sources.get(plugin_name, plugin_name)
-        impl = getattr(plugin, "discdistill_domains", None)
-        if impl is None:
-            continue
         try:
-            classes = impl()
-        except Exception as err:  # noqa: BLE001 - surface which plugin broke, whatever it raised
-            raise PluginError(f"plugin {plugin_name!r} from package {package!r} raised while listing domains: "
-                              f"{err!r}") from err
+            classes = _domains_of(plugin)
+        except PluginError as err:
+            broken.append(BrokenPlugin(plugin_name, package, str(err)))
+            continue
         for cls in classes:
-            if not (isinstance(cls, type) and issubclass(cls, Domain)):
-                raise PluginError(f"plugin {plugin_name!r} from package {package!r} returned {cls!r}, "
-                                  "which is not a Domain subclass")
             if cls.name in domains and domains[cls.name].domain_class is not cls:
                 raise PluginError(f"domain {cls.name!r} is provided twice: by {domains[cls.name].package!r} "
                                   f"and {package!r}; uninstall one")
@@ -100,22 +129,54 @@ def collect_domains(manager: pluggy.PluginManager, sources: dict[str, str]) -> d
 
 
 @lru_cache(maxsize=1)
+def registry() -> Registry:
+    """Every installed plugin's domains, and the plugins that failed (cached; `refresh()` clears it).
+    Each broken plugin is reported once as a warning naming its package."""
+    manager, broken = _plugin_manager(), []
+    domains = collect_domains(manager, _load_entry_points(manager, broken), broken)
+    for plugin in broken:
+        warnings.warn(f"discdistill plugin {plugin.name!r} from package {plugin.package!r} {plugin.problem}; "
+                      "its domains are unavailable", stacklevel=2)
+    return Registry(domains, tuple(broken))
+
+
 def installed_domains() -> dict[str, DomainEntry]:
-    """Name -> entry for every domain of every installed plugin (cached; `refresh()` clears it)."""
-    manager = _plugin_manager()
-    return collect_domains(manager, _load_entry_points(manager))
+    """Name -> entry for every domain of every installed (working) plugin."""
+    return registry().domains
 
 
 def refresh() -> None:
-    installed_domains.cache_clear()
-    get_domain.cache_clear()
+    registry.cache_clear()
+    _domain_instance.cache_clear()
 
 
-@lru_cache(maxsize=None)
-def get_domain(name: str) -> Domain:
-    """The domain called ``name``, instantiated once; unknown names list the installed ones."""
+def domain_class(name: str) -> type[Domain]:
+    """The `Domain` subclass called ``name``; unknown names list the installed ones."""
     domains = installed_domains()
     if name not in domains:
         listing = ", ".join(sorted(domains)) or "none (install discdistill-text or another plugin)"
-        raise DomainNotFoundError(f"unknown domain {name!r}; installed domains: {listing}")
-    return domains[name].domain_class()
+        broken = "".join(f"; plugin {b.name!r} ({b.package}) is broken: `discdistill domains`" for b in registry().broken)
+        raise DomainNotFoundError(f"unknown domain {name!r}; installed domains: {listing}{broken}")
+    return domains[name].domain_class
+
+
+def domain_settings(name: str, values: Mapping[str, Any] | None = None) -> StrictModel:
+    """``values`` validated as domain ``name``'s settings; an unknown key is named with the valid ones."""
+    settings_model = domain_class(name).Settings
+    unknown = sorted(set(values or {}) - set(settings_model.model_fields))
+    if unknown:
+        valid = ", ".join(sorted(settings_model.model_fields)) or "none"
+        raise ConfigError(f"domain {name!r} has no setting {', '.join(map(repr, unknown))}; its settings: {valid}")
+    return build(settings_model, dict(values or {}))
+
+
+def get_domain(name: str, settings: Mapping[str, Any] | None = None) -> Domain:
+    """The domain called ``name`` with ``settings`` (defaults for the rest), instantiated once per settings."""
+    validated = domain_settings(name, settings)
+    return _domain_instance(name, validated.model_dump_json())
+
+
+@lru_cache(maxsize=None)
+def _domain_instance(name: str, settings_json: str) -> Domain:
+    cls = domain_class(name)
+    return cls(cls.Settings.model_validate_json(settings_json))

@@ -33,6 +33,7 @@ from discdistill.distributed import DistContext, init_distributed
 from discdistill.errors import CheckpointError, DataError, DiscdistillError, NumericalError
 from discdistill.models import DiT
 from discdistill.rundir import RunDirectory
+from discdistill.run_settings import RunSettings
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
 MODEL_DIR, STATE_DIR, METRICS_FILE = "model", "checkpoint", "metrics.jsonl"
@@ -373,6 +374,7 @@ def pretrain(
     overwrite: bool = False,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    run_settings: RunSettings | None = None,
     ctx: DistContext | None = None,
 ) -> Path:
     """Train a DiT teacher on ``train`` blocks [N, L]; return the saved model directory (OUT/model).
@@ -388,13 +390,14 @@ def pretrain(
     ctx = ctx or init_distributed(config.device)
     ctx.shard(config.batch_size, config.grad_accum)  # refuse an uneven split before any work
     with RunDirectory(out_dir, PRETRAIN_ARTEFACTS, resume=resume, overwrite=overwrite, writer=ctx.is_main) as claim:
+        run_settings = run_settings or RunSettings(time_conditioned=config.time_conditioned, schedule=config.schedule)
         return _pretrain_in(claim, config, train, validation, vocab_size=vocab_size, mask_id=mask_id, resume=resume,
-                            progress=progress, extra=extra, ctx=ctx)
+                            progress=progress, extra=extra, run_settings=run_settings, ctx=ctx)
 
 
 def _pretrain_in(claim: RunDirectory, config: PretrainConfig, train: torch.Tensor, validation: torch.Tensor, *,
                  vocab_size: int, mask_id: int, resume: bool, progress: bool, extra: dict[str, Any] | None,
-                 ctx: DistContext) -> Path:
+                 run_settings: RunSettings, ctx: DistContext) -> Path:
     """`pretrain`'s loop, inside the claimed run directory."""
     out_dir = claim.path
     device, seq_len = ctx.device, train.shape[1]
@@ -447,11 +450,12 @@ def _pretrain_in(claim: RunDirectory, config: PretrainConfig, train: torch.Tenso
             log.close()
         bar.close()
     save(config.steps)
-    return _save_teacher(run, config, validation, out_dir, vocab_size, mask_id, seq_len, extra, ctx)
+    return _save_teacher(run, config, validation, out_dir, vocab_size, mask_id, seq_len, extra, run_settings, ctx)
 
 
 def _save_teacher(run: _TrainingState, config: PretrainConfig, validation: torch.Tensor, out_dir: Path,
-                  vocab_size: int, mask_id: int, seq_len: int, extra: dict[str, Any] | None, ctx: DistContext) -> Path:
+                  vocab_size: int, mask_id: int, seq_len: int, extra: dict[str, Any] | None, run_settings: RunSettings,
+                  ctx: DistContext) -> Path:
     """Write OUT/model (full weights, gathered under FSDP) with the run's config and final validation NLL."""
     info = {"steps": config.steps, "config": config.model_dump(), "time_conditioned": config.time_conditioned,
             "val_nll": validation_nll(run.objective, validation, config, ctx.device)}
@@ -459,7 +463,7 @@ def _save_teacher(run: _TrainingState, config: PretrainConfig, validation: torch
     if ctx.is_main:
         final = build_teacher(config, vocab_size, mask_id, seq_len)
         final.load_state_dict(model_sd)
-        save_pretrained(final, out_dir / MODEL_DIR, extra={**info, **(extra or {})})
+        save_pretrained(final, out_dir / MODEL_DIR, extra={**info, **(extra or {})}, run=run_settings)
     ctx.barrier()
     return out_dir / MODEL_DIR
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from discdistill import plugins
 from discdistill.checkpoint import load_pretrained, read_pretrained_config
 from discdistill.config import PretrainConfig, SamplingConfig, build
 from discdistill.diffusion import LogLinearSchedule
@@ -21,6 +22,7 @@ from discdistill.errors import CheckpointError, ModelMismatchError
 from discdistill.distributed import world_from_env
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.rundir import RunDirectory
+from discdistill.run_settings import RunSettings, check_run_domain, domain_run_settings, run_settings_of
 from discdistill.sampling import StepRule, ancestral_step, sample
 from discdistill.training import MODEL_DIR, PRETRAIN_ARTEFACTS, pretrain, resolve_device
 
@@ -34,8 +36,9 @@ def pretrain_domain(domain: Domain, config: PretrainConfig, out_dir: Path, *, so
     train = domain.dataset("train", seq_len, source)
     validation = domain.dataset("validation", seq_len, source)
     tokenizer = domain.tokenizer()
+    run = domain_run_settings(domain, time_conditioned=config.time_conditioned, schedule=config.schedule)
     return pretrain(config, train, validation, out_dir, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-                    resume=resume, overwrite=overwrite, progress=progress,
+                    resume=resume, overwrite=overwrite, progress=progress, run_settings=run,
                     extra={"domain": domain.name, "data": source or "embedded", "seq_len": seq_len})
 
 
@@ -95,6 +98,20 @@ def load_denoiser(path: str | Path, domain: Domain, device: torch.device) -> tup
     return model, read_pretrained_config(model_dir)
 
 
+def domain_for_model(name: str, overrides: dict[str, Any], path: str | Path,
+                     warn: Callable[[str], None] = print) -> tuple[Domain, RunSettings]:
+    """Domain ``name`` with the settings the model at ``path`` was trained with, ``overrides`` on top
+    (each one that changes a trained value is warned about), and the model's `RunSettings`."""
+    run = run_settings_of(read_pretrained_config(resolve_model_dir(path)))
+    stored = run.domain_settings if run.domain == name else {}
+    for key, value in overrides.items():
+        if key in stored and stored[key] != value:
+            warn(f"--domain-set {key}={value!r} differs from the {stored[key]!r} the model was trained with")
+    domain = plugins.get_domain(name, {**stored, **overrides})
+    check_run_domain(run, domain, warn)
+    return domain, run
+
+
 @dataclass
 class GenerationResult:
     ids: torch.Tensor  # [K, L] on the CPU
@@ -110,15 +127,18 @@ class GenerationResult:
 
 
 def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: torch.device,
-             time_conditioned: bool = False, step_rule: StepRule = ancestral_step,
+             run: RunSettings | None = None, step_rule: StepRule = ancestral_step,
              initial_state: Any = None, forbidden_tokens: Sequence[int] = (),
              on_batch: Callable[[int], None] | None = None) -> GenerationResult:
     """``config.num_samples`` samples in batches of ``config.batch_size`` with one seeded generator.
 
     ``initial_state(batch, seq_len, generator)`` (optional) gives a partly filled start state, e.g.
     a protein domain's sampled-length prefill; ``forbidden_tokens`` are never drawn (see `sample`).
-    ``on_batch(n)`` is called after each batch of n samples (progress bars).
+    ``on_batch(n)`` is called after each batch of n samples (progress bars). ``run``: the model's saved
+    `RunSettings` (time conditioning, schedule eps; default: an MDLM-style sigma = 0 model, eps 1e-3).
     """
+    run = run or RunSettings()
+    time_conditioned, schedule = run.time_conditioned, LogLinearSchedule(run.schedule.eps)
     seq_len = config.seq_len or model.seq_len
     # The cache is exact; it saves forwards only when rows stay unchanged across steps (steps > length).
     cache = config.cache if config.cache is not None else (not time_conditioned and config.steps > seq_len)
@@ -133,7 +153,7 @@ def generate(model: MaskedDiffusionTeacher, config: SamplingConfig, *, device: t
         if z_init is not None:
             z_init = z_init.to(device)
         out = sample(model, num_samples=size, seq_len=seq_len, steps=config.steps, mask_id=model.mask_id,
-                     schedule=LogLinearSchedule(), precision=config.precision, noise_removal=config.noise_removal,
+                     schedule=schedule, precision=config.precision, noise_removal=config.noise_removal,
                      cache=cache, time_conditioned=time_conditioned, t_min=config.t_min,
                      generator=generator, device=device, step_rule=step_rule, z_init=z_init,
                      forbidden_tokens=forbidden_tokens)
@@ -185,5 +205,6 @@ def resolve_teacher(domain: Domain, teacher: str | None, *, device: str, progres
     return pretrain_domain(domain, config, run_dir, resume=resume, overwrite=not resume, progress=progress)
 
 
-__all__ = ["pretrain_domain", "resolve_model_dir", "resolve_checkpoint", "check_compatible", "load_denoiser", "generate",
+__all__ = ["pretrain_domain", "resolve_model_dir", "resolve_checkpoint", "check_compatible", "load_denoiser",
+           "domain_for_model", "generate",
            "GenerationResult", "resolve_device", "resolve_teacher", "cache_root"]

@@ -318,8 +318,12 @@ def test_eval_cli_with_a_judge_folder_and_sample_files(toy_plugin, tmp_path, cap
      "judge ./no-such-judge does not exist"),
 ])
 def test_eval_user_errors_are_one_line(toy_plugin, tmp_path, monkeypatch, argv, message, capsys):
+    from discdistill.checkpoint import save_pretrained
+    from tests.conftest import small_dit
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.txt").write_text("0123\n")
+    save_pretrained(small_dit(9, 8, 8), tmp_path / "x")  # a real checkpoint: the error must be the judge's
     code, _, err = run(argv, capsys)
     assert code in (1, 2) and message in err and "Traceback" not in err
 

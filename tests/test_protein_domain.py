@@ -338,15 +338,21 @@ def test_sampled_mode_generates_exactly_the_drawn_lengths(domain):
         ProteinDomain(length_mode="fixed")
 
 
-def test_length_mode_from_environment(monkeypatch):
-    monkeypatch.setenv("DISCDISTILL_PROTEIN_LENGTH_MODE", "sampled")
-    assert ProteinDomain().length_mode == "sampled"
-    assert ProteinDomain(length_mode="learned").length_mode == "learned"
-    monkeypatch.delenv("DISCDISTILL_PROTEIN_LENGTH_MODE")
+def test_length_mode_is_a_validated_setting_and_the_environment_is_ignored(monkeypatch):
+    from discdistill import plugins
+
+    monkeypatch.setenv("DISCDISTILL_PROTEIN_LENGTH_MODE", "sampled")  # the variable of older versions: no effect
+    assert ProteinDomain().length_mode == "learned"
+    assert plugins.get_domain("protein", {"length_mode": "sampled"}).settings.length_mode == "sampled"
+    assert plugins.get_domain("protein").length_mode == "learned"  # one instance per settings
+    with pytest.raises(ConfigError, match=r"domain 'protein' has no setting 'lenght_mode'; its settings: .*length_mode"):
+        plugins.get_domain("protein", {"lenght_mode": "sampled"})
     domain = ProteinDomain()
-    assert domain.length_mode == "learned"
     domain.length_mode = "sampled"
+    assert domain.settings.length_mode == "sampled"
     assert domain.initial_state(2, 32, torch.Generator().manual_seed(0)).shape == (2, 32)
+    with pytest.raises(ConfigError, match="length_mode"):
+        domain.length_mode = "fixed"
 
 
 def test_sample_lengths_conditions_on_fitting():

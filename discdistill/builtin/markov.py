@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from discdistill.checkpoint import atomic_write_bytes, atomic_write_json
+from discdistill.config import StrictModel
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain, Tokenizer
 from discdistill.plugins import hookimpl
@@ -156,9 +158,16 @@ class MarkovDomain(Domain):
     split_sizes = {"train": 50_000, "validation": 2_000}
     split_seeds = {"train": 1, "validation": 2}
 
-    def __init__(self, num_tokens: int = 16, seed: int = 1234) -> None:
-        self.chain = MarkovChain.random(num_tokens=num_tokens, seed=seed)
-        self._tokenizer = MarkovTokenizer(num_tokens)
+    class Settings(StrictModel):
+        """The chain: ``--domain-set num_tokens=32 --domain-set chain_seed=7`` makes another one."""
+
+        num_tokens: int = Field(16, ge=2, le=4096, description="States of the chain (the mask id is this).")
+        chain_seed: int = Field(1234, description="Seeds the random transition matrix.")
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
+        self.chain = MarkovChain.random(num_tokens=self.settings.num_tokens, seed=self.settings.chain_seed)
+        self._tokenizer = MarkovTokenizer(self.settings.num_tokens)
 
     def tokenizer(self) -> MarkovTokenizer:
         return self._tokenizer

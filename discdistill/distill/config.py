@@ -21,9 +21,9 @@ class DistillConfig(StrictModel):
     two_step: bool = Field(
         True, description="Intermediate-state decomposition: roll out 1 -> tau -> 0 (two ancestral steps, "
         "log p = lp1 + lp2). Off: one step 1 -> 0 that fills every position from the all-mask state.")
-    time_conditioned: bool = Field(
-        False, description="Pass sigma_t to student and teacher (MDLM-style teachers are time-unconditioned: "
-        "sigma = 0).")
+    time_conditioned: bool | None = Field(
+        None, description="Pass sigma_t to student and teacher. None: as the teacher was trained (its saved run "
+        "settings; MDLM-style teachers are time-unconditioned: sigma = 0).")
     precision: Literal["float64", "float32"] = Field(
         "float64", description="Categorical sampling precision in the rollout (float32 truncates the tail).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Log-linear schedule (eps).")

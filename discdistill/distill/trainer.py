@@ -39,7 +39,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discdistill.checkpoint import load_latest_training_state, load_pretrained, save_pretrained, save_training_state
+from discdistill.checkpoint import (
+    load_latest_training_state,
+    load_pretrained,
+    read_pretrained_config,
+    save_pretrained,
+    save_training_state,
+)
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
@@ -58,6 +64,7 @@ from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, s
 from discdistill.errors import ConfigError, DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
 from discdistill.rundir import RunDirectory
+from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.sampling import sample
 from discdistill.distributed import init_distributed, world_from_env
 from discdistill.training import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
@@ -88,11 +95,13 @@ class DistillTrainer:
 
     def __init__(self, config: DistillConfig, teacher: nn.Module, train_data: torch.Tensor | None,
                  out_dir: str | Path, *, teacher_path: str | None = None, progress: bool = True,
+                 teacher_run: RunSettings | None = None,
                  reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """``reward_fn`` (diagnostics only): x_fake [N, L] -> rewards [N] used *instead of* the
         discriminator's (which still trains). With a domain's exact log-likelihood it gives the
         policy-gradient machinery an oracle reward, separating "the student update works" from "the
-        density-ratio estimate is informative" (benchmarks/distill_synthetic.py)."""
+        density-ratio estimate is informative" (benchmarks/distill_synthetic.py). ``teacher_run``: the
+        teacher's saved `RunSettings` (time conditioning; domain and tokenizer, passed on to the student)."""
         self.config = config
         self.reward_fn = reward_fn
         self.out_dir = Path(out_dir)
@@ -104,6 +113,12 @@ class DistillTrainer:
         self.guard = NonfiniteGuard(config.max_nonfinite)
         self.autocast_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         self.schedule = LogLinearSchedule(config.schedule.eps)
+        teacher_run = teacher_run or RunSettings()
+        self.time_conditioned = (teacher_run.time_conditioned if config.time_conditioned is None
+                                 else config.time_conditioned)
+        #: What the student's checkpoint records: sampling must use this sigma rule and eps.
+        self.run_settings = teacher_run.model_copy(update={"time_conditioned": self.time_conditioned,
+                                                           "schedule": config.schedule})
         torch.manual_seed(config.seed)  # spectral-norm vectors and anything else drawn at construction
 
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
@@ -154,7 +169,7 @@ class DistillTrainer:
 
     def _sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Denoiser sigma: sigma_t for time-conditioned models, else 0 (MDLM)."""
-        return self.schedule.sigma(t.double()).float() if self.config.time_conditioned else torch.zeros_like(t).float()
+        return self.schedule.sigma(t.double()).float() if self.time_conditioned else torch.zeros_like(t).float()
 
     def _tau(self, n: int) -> torch.Tensor:
         """n times from the tau distribution; with ``tau_per_group`` one per group, repeated G times."""
@@ -171,7 +186,7 @@ class DistillTrainer:
         if c.positives == "teacher":
             return sample(self.teacher, num_samples=c.batch_rows // self.ctx.world_size, seq_len=self.seq_len, steps=c.teacher_sample_steps,
                           mask_id=self.mask_id, schedule=self.schedule, precision=c.precision,
-                          time_conditioned=c.time_conditioned, generator=self.generator, device=self.device).ids
+                          time_conditioned=self.time_conditioned, generator=self.generator, device=self.device).ids
         assert self.batches is not None and self.train_data is not None
         rows = self.batches.indices(self.iteration)[self.ctx.shard(c.batch_rows)]
         return self.train_data[rows].to(self.device).long()
@@ -189,7 +204,7 @@ class DistillTrainer:
         with self._autocast():
             rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
                                       schedule=self.schedule, two_step=c.two_step,
-                                      time_conditioned=c.time_conditioned, precision=c.precision,
+                                      time_conditioned=self.time_conditioned, precision=c.precision,
                                       generator=self.generator, shared_rows=self._shared_rows)
         x_fake = rollout.x_fake
 
@@ -359,7 +374,7 @@ class DistillTrainer:
                             meta={"iteration": self.iteration, "config": config, "teacher": self.teacher_path,
                                   "generator": generators[0], "generators": generators, **self.guard.state()},
                             keep=self.config.keep_checkpoints)
-        return save_pretrained(self.ema, self.out_dir / STUDENT_DIR, extra=extra)
+        return save_pretrained(self.ema, self.out_dir / STUDENT_DIR, extra=extra, run=self.run_settings)
 
     def load(self) -> None:
         """Restore the state saved in OUT/state (the run must have the same configuration)."""
@@ -413,22 +428,26 @@ class DistillTrainer:
 
 
 def distill(config: DistillConfig, teacher_dir_or_model: str | Path | nn.Module, train_data: torch.Tensor | None,
-            out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+            out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+            teacher_run: RunSettings | None = None) -> Path:
     """Distil a teacher into a few-step student with DiDi-Instruct; return OUT/student (the EMA student).
 
     ``teacher_dir_or_model``: a `save_pretrained` directory or a DiT; ``train_data``: LongTensor [N, L] of
     ids (may be None when ``config.positives == "teacher"``). ``resume`` continues the run in ``out_dir``
     exactly (same data order and noise); ``overwrite`` replaces it once the new run's first state is
-    written; with neither, ``out_dir`` must not already hold a run (discdistill.rundir).
+    written; with neither, ``out_dir`` must not already hold a run (discdistill.rundir). ``teacher_run``:
+    the teacher's `RunSettings` (default: read from its directory), which the student's checkpoint inherits.
     """
     out_dir = Path(out_dir)
     if isinstance(teacher_dir_or_model, nn.Module):
         teacher, teacher_path = teacher_dir_or_model, None
     else:
         teacher, teacher_path = load_pretrained(teacher_dir_or_model), str(teacher_dir_or_model)
+        teacher_run = teacher_run or run_settings_of(read_pretrained_config(teacher_dir_or_model))
     writer = world_from_env()[0] == 0
     with RunDirectory(out_dir, DISTILL_ARTEFACTS, resume=resume, overwrite=overwrite, writer=writer) as claim:
-        trainer = DistillTrainer(config, teacher, train_data, out_dir, teacher_path=teacher_path, progress=progress)
+        trainer = DistillTrainer(config, teacher, train_data, out_dir, teacher_path=teacher_path, progress=progress,
+                                 teacher_run=teacher_run)
         trainer.on_checkpoint = claim.checkpoint_saved
         if resume:
             trainer.load()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
@@ -55,12 +56,18 @@ class EvalProtocol(ReportModel):
     metrics_definition: str = Field("", description="The domain's own definition of its metrics (Domain.metrics_protocol).")
     elbo_nll: float | None = Field(None, description="Held-out ELBO bound of the checkpoint, nats per token.")
     elbo_blocks: int | None = Field(None, description="Reference blocks the ELBO bound was estimated on.")
+    domain_settings: dict[str, Any] = Field(default_factory=dict, description="The domain's settings used.")
+    time_conditioned: bool | None = Field(None, description="The checkpoint's time conditioning (from its run settings).")
+    schedule_eps: float | None = Field(None, description="The checkpoint's log-linear schedule eps.")
 
     def lines(self) -> list[str]:
         steps = ", ".join("?" if s is None else str(s) for s in self.steps)
         source = self.checkpoint if self.checkpoint is not None else ", ".join(self.samples_files)
+        settings = ", ".join(f"{k}={v!r}" for k, v in sorted(self.domain_settings.items())) or "defaults"
+        model = ("" if self.time_conditioned is None else
+                 f"; model: time conditioned {self.time_conditioned}, schedule eps {self.schedule_eps:g}")
         return [
-            f"domain {self.domain}; source {source}",
+            f"domain {self.domain} (settings: {settings}); source {source}{model}",
             f"judge: {self.judge}",
             f"samples {self.num_samples} per row, length {self.seq_len or 'as read'}, steps {steps}, "
             f"sampler {self.sampler}, precision {self.precision}, noise removal {self.noise_removal}, "

@@ -30,6 +30,7 @@ from discdistill.errors import DataError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.sampling import StepRule, ancestral_step
 from discdistill.training import resolve_device
+from discdistill.run_settings import run_settings_of
 from discdistill.workflows import generate, load_denoiser
 
 
@@ -67,7 +68,7 @@ def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeach
                    device: torch.device, *, progress: bool = True) -> tuple[int, Iterator[SampleSet]]:
     """The sample length, and one timed sample set per step count of ``config.steps`` (same seed each), from
     ``model`` (loaded from ``checkpoint``, whose saved config is ``saved``; RGAS reads its discriminator there)."""
-    time_conditioned = bool(saved["extra"].get("time_conditioned", False))
+    run = run_settings_of(saved)
     step_rule = SAMPLERS[config.sampler](checkpoint, config, device)
     batches = -(-config.num_samples // config.batch_size)
 
@@ -76,7 +77,7 @@ def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeach
             if isinstance(step_rule, RGAS):
                 step_rule.reset_counts()
             with _bar(f"sampling {steps} steps", config.num_samples, progress) as bar:
-                result = generate(model, config.sampling(steps), device=device, time_conditioned=time_conditioned,
+                result = generate(model, config.sampling(steps), device=device, run=run,
                                   step_rule=step_rule, initial_state=domain.initial_state,
                                   forbidden_tokens=domain.forbidden_tokens(), on_batch=bar.update)
             disc = step_rule.disc_passes // batches if isinstance(step_rule, RGAS) else 0
@@ -124,11 +125,9 @@ def score_set(sample_set: SampleSet, domain: Domain, judge: Judge | None, refere
 
 
 def checkpoint_elbo(model: MaskedDiffusionTeacher, saved: dict, blocks: torch.Tensor, batch_size: int) -> float:
-    """A loaded checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own schedule's eps."""
-    extra = saved["extra"]
-    schedule_eps = extra.get("config", {}).get("schedule", {}).get("eps", 1e-3)
-    return elbo_nll(model, blocks, time_conditioned=bool(extra.get("time_conditioned", False)),
-                    batch_size=batch_size, eps=schedule_eps)
+    """A loaded checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own run settings."""
+    run = run_settings_of(saved)
+    return elbo_nll(model, blocks, time_conditioned=run.time_conditioned, batch_size=batch_size, eps=run.schedule.eps)
 
 
 def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | None = None,
@@ -149,8 +148,10 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
         steps: list[int | None] = list(config.steps) if len(config.steps) == len(samples) else [None] * len(samples)
         sets: Iterator[SampleSet] = iter(read_sets(domain, [Path(p) for p in samples], steps))
         seq_len = config.seq_len or domain.default_seq_len
+        run = None
     else:
         model, saved = load_denoiser(checkpoint, domain, device)
+        run = run_settings_of(saved)
         seq_len, sets = generated_sets(domain, Path(checkpoint), model, saved, config, device, progress=progress)
     reference = domain.dataset("validation", seq_len, config.data)
     elbo = None
@@ -175,5 +176,8 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
         checkpoint=None if checkpoint is None else str(checkpoint), samples_files=[str(p) for p in samples],
         device=str(device), torch_version=torch.__version__,
         discdistill_version=importlib.metadata.version("discdistill"), metrics_definition=domain.metrics_protocol(),
-        elbo_nll=elbo, elbo_blocks=None if elbo is None else min(config.elbo_blocks, len(reference)))
+        elbo_nll=elbo, elbo_blocks=None if elbo is None else min(config.elbo_blocks, len(reference)),
+        domain_settings=domain.settings.model_dump(mode="json"),
+        time_conditioned=None if run is None else run.time_conditioned,
+        schedule_eps=None if run is None else run.schedule.eps)
     return EvalReport(protocol=protocol, rows=flag_entropy(rows, entropy_ref), reference=entropy_ref)

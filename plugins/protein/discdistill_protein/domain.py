@@ -1,8 +1,9 @@
 """The `protein` domain: what the core sees of proteins, through `discdistill.interfaces.Domain`.
 
-Variable length, two modes (``length_mode``, a constructor argument or a settable attribute):
+Variable length, two modes (the ``length_mode`` setting: ``--domain-set length_mode=sampled`` on the
+command line, ``ProteinDomain(length_mode="sampled")`` in Python; recorded in checkpoints and reports):
 
-* ``"learned"`` (default; ``$DISCDISTILL_PROTEIN_LENGTH_MODE`` overrides the default): the model
+* ``"learned"`` (default): the model
   learns where a protein ends. Training windows are ``<bos> residues <eos> <pad>...``; sampling
   starts from all-mask (``initial_state`` returns None) and decoding cuts at the first ``<eos>``.
 * ``"sampled"`` (EvoDiff-style): a length is drawn for each sample from the empirical training
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from discdistill.errors import ConfigError, DataError
+from pydantic import Field
+
+from discdistill.config import StrictModel, build
+from discdistill.errors import DataError
 from discdistill.interfaces import Domain
 from discdistill_protein import metrics as protein_metrics_module
 from discdistill_protein.data import (
@@ -39,8 +43,20 @@ from discdistill_protein.fasta import ProteinRecord, format_metadata, read_fasta
 from discdistill_protein.tokenizer import ProteinTokenizer
 
 LengthMode = Literal["learned", "sampled"]
-LENGTH_MODE_ENV = "DISCDISTILL_PROTEIN_LENGTH_MODE"
-LENGTH_SOURCE_ENV = "DISCDISTILL_PROTEIN_LENGTH_SOURCE"
+
+
+class ProteinSettings(StrictModel):
+    """The protein domain's settings (``--domain-set KEY=VALUE``)."""
+
+    length_mode: LengthMode = Field("learned", description='"learned" (EOS inside the window) or "sampled" '
+                                    "(a length drawn per sample, see the module doc).")
+    length_source: str | None = Field(None, description='Where "sampled" mode draws lengths from: None (the '
+                                      'embedded subset), a FASTA path or "uniref50".')
+    seed: int = Field(0, description="Seeds the crop positions of `dataset` (one draw per long sequence).")
+    strict: bool = Field(True, description="Reject characters outside the tokenizer policy.")
+    hub_max_records: int | None = Field(None, gt=0, description="Records streamed from the hub per split "
+                                        "(default 200,000 / 5,000).")
+    compute_plddt: bool = Field(False, description="Add plddt to the metrics when a structure predictor is importable.")
 
 
 class ProteinDomain(Domain):
@@ -53,43 +69,24 @@ class ProteinDomain(Domain):
     default_preset: ClassVar[str] = "tiny"
     sample_suffix: ClassVar[str] = ".fasta"
 
-    def __init__(self, length_mode: LengthMode | None = None, *, seed: int = 0, length_source: str | None = None,
-                 strict: bool = True, hub_max_records: int | None = None, compute_plddt: bool = False) -> None:
-        """Cheap: nothing is read until data is asked for.
+    Settings = ProteinSettings
 
-        Args:
-            length_mode: "learned" (EOS inside the window) or "sampled" (lengths drawn, see module doc).
-                None: the environment variable DISCDISTILL_PROTEIN_LENGTH_MODE, else "learned" (the
-                plugin registry builds domains without arguments, so this is how a command line
-                run selects the mode; setting the ``length_mode`` attribute works too).
-            seed: seeds the crop positions of `dataset` (one draw per long sequence per build).
-            length_source: the data source whose training lengths "sampled" mode draws from
-                (None: DISCDISTILL_PROTEIN_LENGTH_SOURCE if set, else the embedded subset; a FASTA
-                path or "uniref50").
-            strict: reject characters outside the tokenizer policy (see `ProteinTokenizer`).
-            hub_max_records: records streamed from the hub per split (default 200,000 / 5,000).
-            compute_plddt: add ``plddt`` to `metrics` when a structure predictor is importable.
-        """
-        self.length_mode = length_mode or os.environ.get(LENGTH_MODE_ENV) or "learned"
-        self.seed = seed
-        self.length_source = length_source or os.environ.get(LENGTH_SOURCE_ENV) or None
-        self.strict = strict
-        self.hub_max_records = hub_max_records
-        self.compute_plddt = compute_plddt
-        self._tokenizer = ProteinTokenizer(strict=strict)
+    def __init__(self, settings: ProteinSettings | None = None, **fields: Any) -> None:
+        """Cheap: nothing is read until data is asked for. ``fields`` override single settings
+        (``ProteinDomain(length_mode="sampled")``)."""
+        base = settings.model_dump() if settings is not None else {}
+        super().__init__(build(ProteinSettings, {**base, **fields}))
+        self._tokenizer = ProteinTokenizer(strict=self.settings.strict)
         self._records: dict[tuple[str, str], list[ProteinRecord]] = {}
 
-    # -- configuration ------------------------------------------------------------------------
+    # -- configuration: self.settings; length_mode also as a validated attribute -------------------
     @property
     def length_mode(self) -> LengthMode:
-        return self._length_mode
+        return self.settings.length_mode
 
     @length_mode.setter
     def length_mode(self, mode: str) -> None:
-        if mode not in get_args(LengthMode):
-            raise ConfigError(f"length_mode must be 'learned' or 'sampled', not {mode!r} "
-                              f"(from the argument, the attribute, or ${LENGTH_MODE_ENV})")
-        self._length_mode = mode  # type: ignore[assignment]
+        self.settings = build(ProteinSettings, {**self.settings.model_dump(), "length_mode": mode})
 
     def tokenizer(self) -> ProteinTokenizer:
         return self._tokenizer
@@ -102,10 +99,10 @@ class ProteinDomain(Domain):
         key = (hub_id or (str(Path(source).resolve()) if source is not None else "<embedded>"), split)
         if key not in self._records:
             if hub_id is not None:
-                self._records[key] = load_hub_records(hub_id, split, self.hub_max_records)
+                self._records[key] = load_hub_records(hub_id, split, self.settings.hub_max_records)
             else:
                 path = embedded_path() if source is None else Path(source)
-                parts = split_records(deduplicate(read_fasta(path, strict=self.strict)))
+                parts = split_records(deduplicate(read_fasta(path, strict=self.settings.strict)))
                 for name, part in parts.items():
                     self._records[(key[0], name)] = part
         records = self._records[key]
@@ -124,7 +121,7 @@ class ProteinDomain(Domain):
         records = self.records(split, source)
         tok = self._tokenizer
         sequences = [tok.encode_array(r.sequence, record_id=r.id) for r in records]
-        rng = crop_generator(self.seed if seed is None else seed, split)
+        rng = crop_generator(self.settings.seed if seed is None else seed, split)
         return frame_windows(sequences, seq_len, tok, rng)
 
     def length_distribution(self, split: str = "train", source: str | None = None) -> torch.Tensor:
@@ -136,7 +133,7 @@ class ProteinDomain(Domain):
         """z_init for the sampler: None in "learned" mode; prefilled lengths in "sampled" mode."""
         if self.length_mode == "learned":
             return None
-        lengths = sample_lengths(self.length_distribution("train", self.length_source), num_samples,
+        lengths = sample_lengths(self.length_distribution("train", self.settings.length_source), num_samples,
                                  max_length=seq_len - 2, generator=generator)
         return length_prefilled_init(lengths, seq_len, self._tokenizer)
 
@@ -164,7 +161,7 @@ class ProteinDomain(Domain):
 
     def read_samples(self, path: Path) -> list[str]:
         """The sequences of a FASTA file (`write_samples` output); no nucleotide check on samples."""
-        return [r.sequence for r in read_fasta(path, strict=self.strict, check_nucleotide=False)]
+        return [r.sequence for r in read_fasta(path, strict=self.settings.strict, check_nucleotide=False)]
 
     def metrics(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         """Sequence metrics (see `discdistill_protein.metrics`) of decoded sample ids vs reference ids.
@@ -178,7 +175,7 @@ class ProteinDomain(Domain):
         reference_seqs = self.decode_samples(reference)
         result = protein_metrics_module.protein_metrics(sample_seqs, reference_seqs)
         result["eos_rate"] = float((samples == tok.eos_id).any(-1).float().mean()) if samples.numel() else float("nan")
-        if self.compute_plddt:
+        if self.settings.compute_plddt:
             value = protein_metrics_module.plddt(sample_seqs)
             if value is not None:
                 result["plddt"] = value

@@ -53,7 +53,8 @@ class CharsDomain(Domain):
     #: Validation NLL is per character: reports also give it in bits (text8's unit).
     nll_unit: ClassVar[str] = "char"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
         self._source: str | None = None
 
     def shipped_models(self) -> dict[str, Path]:

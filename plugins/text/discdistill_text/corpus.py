@@ -11,7 +11,8 @@ blocks (MDLM's "wrap"; the last partial block is dropped). Sources:
   100,000 documents, train = the rest), tokenized once and cached on disk under
   ``$DISCDISTILL_CACHE/text`` (default ``~/.cache/discdistill/text``) as raw uint16 token ids, and
   returned as a memory-mapped torch.uint16 tensor (not int64: ~9 B tokens would take 72 GB).
-  ``$DISCDISTILL_OPENWEBTEXT`` replaces the dataset name (a mirror on the hub or a local copy).
+  The text domain's ``openwebtext_path`` setting (``--domain-set openwebtext_path=...``) replaces the
+  dataset name (a mirror on the hub or a local copy).
 * a local path: a ``.txt`` file (documents are paragraphs separated by one or more blank lines; a
   file without blank lines is one document), a ``.jsonl`` file (one JSON object per line with a
   string ``"text"`` field), or a folder (every ``*.txt`` below it, in sorted path order, each read
@@ -128,8 +129,12 @@ def _blocks_or_error(stream: np.ndarray, seq_len: int, split: str, what: str) ->
     return blocks
 
 
-def load_blocks(split: str, seq_len: int, source: str | os.PathLike[str] | None = None) -> torch.Tensor:
+def load_blocks(split: str, seq_len: int, source: str | os.PathLike[str] | None = None, *,
+                openwebtext_path: str = OWT_NAME) -> torch.Tensor:
     """The blocks of ``split`` from ``source``; see the module docstring. Raises `DataError`.
+
+    ``openwebtext_path``: what ``source="openwebtext"`` loads with `datasets.load_dataset` (the hub's
+    "openwebtext", another hub id, or a local folder with the same single "train" split and "text" column).
 
     Embedded and local sources give a fresh int64 tensor (safe to modify). ``"openwebtext"`` gives a
     zero-copy torch.uint16 view of the memory-mapped cache (as int64 it would be about 72 GB):
@@ -145,7 +150,7 @@ def load_blocks(split: str, seq_len: int, source: str | os.PathLike[str] | None 
     elif name == "tiny":
         blocks = _blocks_or_error(embedded_streams(tiny=True)[split], seq_len, split, "tiny corpus")
     elif name == OWT_NAME:
-        stream = openwebtext_stream(split)
+        stream = openwebtext_stream(split, dataset_path=openwebtext_path)
         return torch.from_numpy(_blocks_or_error(stream, seq_len, split, OWT_NAME))
     else:
         path = Path(source).expanduser()
@@ -309,15 +314,8 @@ def _owt_hub_split(split: str) -> str:
     return f"train[:-{n}]" if split == "train" else f"train[-{n}:]"
 
 
-def owt_dataset_path() -> str:
-    """What `datasets.load_dataset` is given for OpenWebText: "openwebtext", or $DISCDISTILL_OPENWEBTEXT
-    (another hub id or a local folder with the same single "train" split and "text" column)."""
-    return os.environ.get("DISCDISTILL_OPENWEBTEXT") or OWT_NAME
-
-
-def _load_openwebtext(split: str) -> Any:
+def _load_openwebtext(split: str, dataset_path: str) -> Any:
     hub_split = _owt_hub_split(split)
-    dataset_path = owt_dataset_path()
     try:
         import datasets
 
@@ -326,17 +324,17 @@ def _load_openwebtext(split: str) -> Any:
         reason = " ".join(f"{type(err).__name__}: {err}".split())
         hint = ""
         if "scripts are no longer supported" in reason:
-            hint = ("this datasets version cannot run the hub's loading script; point $DISCDISTILL_OPENWEBTEXT "
-                    "at a script-free copy (hub id or local folder), or ")
+            hint = ("this datasets version cannot run the hub's loading script; point --domain-set "
+                    "openwebtext_path=... at a script-free copy (hub id or local folder), or ")
         raise DataError(f"cannot load OpenWebText ({dataset_path!r}) through datasets ({reason}); {hint}"
                         "pass a local .txt/.jsonl file or folder with --data, or leave --data out to use the "
                         "embedded corpus") from err
 
 
-def _cache_paths(split: str) -> tuple[Path, Path]:
+def _cache_paths(split: str, dataset_path: str) -> tuple[Path, Path]:
     stem = f"{OWT_NAME}-{split}-{OWT_VALIDATION_DOCUMENTS}-gpt2"
-    if owt_dataset_path() != OWT_NAME:
-        stem += "-" + hashlib.sha256(owt_dataset_path().encode()).hexdigest()[:12]
+    if dataset_path != OWT_NAME:
+        stem += "-" + hashlib.sha256(dataset_path.encode()).hexdigest()[:12]
     return cache_dir() / f"{stem}.u16", cache_dir() / f"{stem}.json"
 
 
@@ -380,13 +378,13 @@ def write_token_cache(texts: Iterable[list[str]], data_path: Path, meta_path: Pa
     return np.memmap(data_path, dtype=np.uint16, mode="c")
 
 
-def openwebtext_stream(split: str, batch_size: int = 1024) -> np.ndarray:
+def openwebtext_stream(split: str, batch_size: int = 1024, *, dataset_path: str = OWT_NAME) -> np.ndarray:
     """OpenWebText's token stream for ``split`` (memory-mapped; tokenized on first use, ~9 B tokens)."""
-    data_path, meta_path = _cache_paths(split)
+    data_path, meta_path = _cache_paths(split, dataset_path)
     cached = _read_cache(data_path, meta_path)
     if cached is not None:
         return cached
-    dataset = _load_openwebtext(split)
+    dataset = _load_openwebtext(split, dataset_path)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a core dependency
@@ -396,4 +394,4 @@ def openwebtext_stream(split: str, batch_size: int = 1024) -> np.ndarray:
     batches = (batch["text"] for batch in dataset.iter(batch_size=batch_size))
     batches = tqdm(batches, total=n_batches, desc=f"tokenizing OpenWebText {split}", unit="batch")
     return write_token_cache(batches, data_path, meta_path,
-                             {"source": owt_dataset_path(), "hub_split": _owt_hub_split(split)})
+                             {"source": dataset_path, "hub_split": _owt_hub_split(split)})

@@ -10,12 +10,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from discdistill.checkpoint import atomic_write_bytes
+from discdistill.config import StrictModel
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain
 
-from discdistill_text.corpus import load_blocks
+from discdistill_text.corpus import OWT_NAME, load_blocks
 from discdistill_text.tokenizer import EOS_ID, MASK_ID, GPT2BPETokenizer, get_tokenizer
 
 #: The line that follows every sample in a .txt samples file.
@@ -41,11 +43,17 @@ class TextDomain(Domain):
     sample_suffix: ClassVar[str] = ".jsonl"
     default_judge: ClassVar[str] = "smollm2"  # `discdistill eval` scores text with the offline judge
 
+    class Settings(StrictModel):
+        """``--domain-set openwebtext_path=...``: where ``--data openwebtext`` comes from."""
+
+        openwebtext_path: str = Field(OWT_NAME, min_length=1, description="What `datasets.load_dataset` loads for "
+                                      "--data openwebtext: the hub's openwebtext, a mirror's id or a local folder.")
+
     def tokenizer(self) -> GPT2BPETokenizer:
         return get_tokenizer()
 
     def dataset(self, split: str, seq_len: int, source: str | None = None) -> torch.Tensor:
-        return load_blocks(split, seq_len, source)
+        return load_blocks(split, seq_len, source, openwebtext_path=self.settings.openwebtext_path)
 
     def decode_samples(self, ids: torch.Tensor) -> list[str]:
         """[B, L] ids -> strings; EOS stays visible as ``<|endoftext|>`` (documents are wrapped)."""
