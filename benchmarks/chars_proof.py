@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from discdistill import load_pretrained, plugins, sample
+from discdistill.sampling import StepRule, ancestral_step
 from discdistill.workflows import resolve_checkpoint, resolve_model_dir
 from discdistill_text.chars_domain import training_vocabulary
 from discdistill_text.wordstats import inner_words, word_metrics
@@ -53,22 +54,24 @@ class Tempered(nn.Module):
         return self.model(z, sigma) / self.temperature
 
 
-def draw(model: nn.Module, steps: int, num: int, seed: int, batch: int) -> tuple[list[str], float]:
+def draw(model: nn.Module, steps: int, num: int, seed: int, batch: int,
+         step_rule: StepRule = ancestral_step) -> tuple[list[str], float]:
     domain = plugins.get_domain("chars")
     tic, texts = time.perf_counter(), []
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, num, batch):
         ids = sample(model, num_samples=min(batch, num - start), seq_len=SEQ_LEN, steps=steps, mask_id=model.mask_id,
-                     generator=generator, cache=False).ids
+                     generator=generator, cache=False, step_rule=step_rule).ids
         texts += domain.decode_samples(ids)
     return texts, time.perf_counter() - tic
 
 
-def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int) -> dict[str, Any]:
+def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int,
+        step_rule: StepRule = ancestral_step) -> dict[str, Any]:
     vocabulary = training_vocabulary(None)
     per_seed, valid_flags, seconds, examples = [], [], [], []
     for seed in range(seeds):
-        texts, dt = draw(model, steps, num, seed, batch)
+        texts, dt = draw(model, steps, num, seed, batch, step_rule)
         per_seed.append(word_metrics(texts, vocabulary))
         valid_flags += [w in vocabulary for t in texts for w in inner_words(t)]
         seconds.append(dt)
