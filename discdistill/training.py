@@ -124,14 +124,6 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + step) % 2**63)
 
 
-def diffusion_loss(model: DiT, x: torch.Tensor, schedule: LogLinearSchedule, t_min: float, time_conditioned: bool,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Monte-Carlo estimate of the MDLM ELBO per token on the batch ``x`` (antithetic t)."""
-    t, u = draw_noise(x.shape[0], x.shape[1], t_min, x.device, generator)
-    return ElboObjective(model, schedule, time_conditioned)(x, t, u)
-
-
-@torch.no_grad()
 def fixed_noise_nll(objective: nn.Module, data: torch.Tensor, *, batch_size: int, max_batches: int | None,
                     t_min: float, seed: int, device: torch.device) -> float:
     """Mean `ElboObjective` value over the first ``max_batches`` batches of ``data``, noise seeded by ``seed``

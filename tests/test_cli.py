@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from discdistill import training
-from discdistill.cli import main
 from discdistill.checkpoint import load_pretrained
 
 from tests.conftest import run_cli

@@ -3,7 +3,7 @@
 import pytest
 
 from discdistill import plugins
-from discdistill.errors import DomainNotFoundError, PluginError
+from discdistill.errors import DomainNotFoundError
 from tests.conftest import install_plugin
 
 

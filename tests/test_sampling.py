@@ -1,6 +1,5 @@
 """The fused sampling loop: exact posterior frequencies, precision, caching, no host syncs."""
 
-import math
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ pytest.importorskip("discdistill_text", reason="install the text plugin: pip ins
 from discdistill.errors import DataError  # noqa: E402
 from discdistill_text import corpus  # noqa: E402
 from discdistill_text import TextDomain, get_tokenizer, read_samples, unigram_entropy, write_samples  # noqa: E402
-from discdistill_text.domain import TXT_DELIMITER, sample_entropy, unigram_cross_entropy  # noqa: E402
+from discdistill.evaluation.entropy import sample_entropies  # noqa: E402
+from discdistill_text.domain import TXT_DELIMITER, unigram_cross_entropy  # noqa: E402
 
 EOS, MASK = 50256, 50257
 
@@ -257,7 +257,7 @@ def test_write_samples_default_suffix_and_decode(domain, tok, tmp_path):
 
 def test_metrics(domain):
     samples = torch.tensor([[5, 5, 5, 5], [1, 2, 3, EOS]])
-    assert torch.allclose(sample_entropy(samples), torch.tensor([0.0, math.log(4)], dtype=torch.float64))
+    assert sample_entropies(samples) == pytest.approx([0.0, math.log(4)], abs=1e-12)
     metrics = domain.metrics(samples, torch.tensor([[1, 2, 1, 2]]))
     assert metrics["entropy"] == pytest.approx(math.log(4) / 2)
     assert metrics["eos_fraction"] == pytest.approx(1 / 8) and metrics["mask_fraction"] == 0

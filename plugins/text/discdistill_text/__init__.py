@@ -10,7 +10,6 @@ from discdistill_text.corpus import embedded_records, load_blocks, wrap_blocks
 from discdistill_text.domain import (
     TextDomain,
     read_samples,
-    sample_entropy,
     unigram_cross_entropy,
     unigram_entropy,
     write_samples,
@@ -26,7 +25,6 @@ __all__ = [
     "get_tokenizer",
     "load_blocks",
     "read_samples",
-    "sample_entropy",
     "unigram_cross_entropy",
     "unigram_entropy",
     "wrap_blocks",

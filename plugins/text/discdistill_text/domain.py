@@ -15,6 +15,7 @@ from pydantic import Field
 from discdistill.checkpoint import atomic_write_bytes
 from discdistill.config import StrictModel
 from discdistill.errors import DataError
+from discdistill.evaluation.entropy import mean_entropy
 from discdistill.interfaces import Domain
 
 from discdistill_text.corpus import OWT_NAME, load_blocks
@@ -76,29 +77,12 @@ class TextDomain(Domain):
 
 # --- metrics --------------------------------------------------------------------------------------
 
-def sample_entropy(ids: torch.Tensor) -> torch.Tensor:
-    """Per-row unigram entropy of the ids, in nats: [B, L] -> [B]. Low values flag repetitive samples."""
-    ids = torch.as_tensor(ids).long()
-    if ids.dim() == 1:
-        ids = ids[None]
-    b, n = ids.shape
-    if n == 0:
-        return torch.zeros(b, dtype=torch.float64)
-    s = ids.sort(dim=1).values
-    new_run = torch.ones_like(s, dtype=torch.bool)
-    new_run[:, 1:] = s[:, 1:] != s[:, :-1]
-    run_id = new_run.long().cumsum(dim=1) - 1
-    counts = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, run_id, torch.ones(b, n, dtype=torch.float64))
-    p = counts / n
-    return -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(dim=1)
-
-
 def _id_metrics(ids: torch.Tensor) -> dict[str, float]:
     ids = torch.as_tensor(ids).long()
     if ids.numel() == 0:
         return {}
     return {
-        "entropy": float(sample_entropy(ids).mean()),
+        "entropy": mean_entropy(list(ids)),  # the one definition, discdistill.evaluation.entropy
         "eos_fraction": float((ids == EOS_ID).double().mean()),
         "mask_fraction": float((ids == MASK_ID).double().mean()),
     }
