@@ -98,6 +98,23 @@ class Discriminator(nn.Module, ABC):
     def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
+class EmbeddingDiscriminator(Discriminator):
+    """A discriminator whose input is a token embedding: soft input p [B, L, V] enters only as p @ E.
+
+    Reward-guided sampling then takes its gradient in embedding space ([B, L, hidden]) and maps it back to
+    the logits in closed form, instead of differentiating through a [B, L, V] soft one-hot (the same
+    gradient; with V = 50k far cheaper)."""
+
+    @property
+    @abstractmethod
+    def input_embedding(self) -> torch.Tensor:
+        """E [V, hidden]: the embedding of id v is E[v]; of probabilities p, p @ E."""
+
+    @abstractmethod
+    def forward_embedded(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Logits [B, L] from input embeddings x [B, L, hidden]: forward(z) = forward_embedded(embed(z))."""
+
+
 class NoSettings(StrictModel):
     """The settings of a domain that has none."""
 

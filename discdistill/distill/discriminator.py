@@ -25,7 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from discdistill.checkpoint import load_state_strict, load_weights_dir, save_weights_dir
 from discdistill.config import ModelConfig, build
 from discdistill.errors import CheckpointError
-from discdistill.interfaces import Discriminator
+from discdistill.interfaces import EmbeddingDiscriminator
 
 DISC_WEIGHTS = "discriminator.safetensors"
 DISC_CONFIG = "discriminator.json"
@@ -33,7 +33,7 @@ DISC_CONFIG = "discriminator.json"
 _OUTPUT_LAYER_NAMES = ("output_layer", "final_layer", "output", "head")
 
 
-class DiTDiscriminator(Discriminator):
+class DiTDiscriminator(EmbeddingDiscriminator):
     """Per-position logits [B, L] that z_t came from the data rather than from the student."""
 
     def __init__(self, teacher: nn.Module, trainable_blocks: int = 4) -> None:
@@ -59,6 +59,14 @@ class DiTDiscriminator(Discriminator):
     def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """z: ids [B, L] or probabilities [B, L, V]; sigma [B] -> logits [B, L] (float32)."""
         h, _ = self.trunk.features(z, sigma)
+        return self.head(h).squeeze(-1).float()
+
+    @property
+    def input_embedding(self) -> torch.Tensor:
+        return self.trunk.vocab_embed.embedding
+
+    def forward_embedded(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h, _ = self.trunk.features_from_embeddings(x, sigma)
         return self.head(h).squeeze(-1).float()
 
 

@@ -32,7 +32,7 @@ from discdistill.diffusion import subs_log_probs
 from discdistill.distill.config import RGASConfig
 from discdistill.distill.discriminator import DISC_CONFIG, DiTDiscriminator, load_discriminator
 from discdistill.errors import CheckpointError
-from discdistill.interfaces import Discriminator
+from discdistill.interfaces import Discriminator, EmbeddingDiscriminator
 from discdistill.sampling import StepContext, ancestral_step, sample_categorical
 
 
@@ -68,17 +68,49 @@ class RGAS:
         """l' = l + h clamp(d/dl sum_{masked} D(soft(l), sigma_t), -c, c), zero at unmasked positions."""
         masked = z == ctx.mask_id
         sigma_t = (-torch.log(ctx.alpha_t)).float().expand(z.shape[0])
+        if isinstance(self.disc, EmbeddingDiscriminator):
+            grad = self._reward_gradient_in_embedding_space(z, logits, masked, sigma_t, ctx.mask_id)
+        else:
+            grad = self._reward_gradient_through_soft_input(z, logits, masked, sigma_t, ctx.mask_id)
+        self.disc_forwards += 1
+        self.disc_backwards += 1
+        grad.masked_fill_(~masked.unsqueeze(-1), 0.0).clamp_(-self.config.grad_clip, self.config.grad_clip)
+        return grad.mul_(h).add_(logits.float())
+
+    def _reward_gradient_through_soft_input(self, z: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor,
+                                            sigma_t: torch.Tensor, mask_id: int) -> torch.Tensor:
+        """Any discriminator: autograd through the [B, L, V] soft input (SUBS probabilities)."""
         with torch.enable_grad():
             leaf = logits.detach().float().requires_grad_(True)
-            soft = subs_log_probs(leaf, z, ctx.mask_id).exp()  # softmax at masked, one-hot at unmasked
+            soft = subs_log_probs(leaf, z, mask_id).exp()  # softmax at masked, one-hot at unmasked
             scores = self.disc(soft, sigma_t)
             reward = torch.where(masked, scores, torch.zeros_like(scores)).sum()
             (grad,) = torch.autograd.grad(reward, leaf)
-        self.disc_forwards += 1
-        self.disc_backwards += 1
-        grad = torch.where(masked.unsqueeze(-1), grad, torch.zeros_like(grad)).clamp(-self.config.grad_clip,
-                                                                                     self.config.grad_clip)
-        return logits.float() + h * grad
+        return grad
+
+    def _reward_gradient_in_embedding_space(self, z: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor,
+                                            sigma_t: torch.Tensor, mask_id: int) -> torch.Tensor:
+        """The same gradient at masked positions, with autograd only from the input embedding x on.
+
+        At a masked position x = p @ E with p = softmax(l) (mask logit -inf, as SUBS); so with
+        u = (dR/dx) @ E^T the chain rule through the softmax gives dR/dl = p * (u - <p, u>). Unmasked
+        positions get E[z] (a one-hot's embedding) and no gradient. Two [B, L, V] x [V, hidden] matmuls
+        and a few in-place passes replace autograd's chain of [B, L, V] intermediates.
+        """
+        embedding = self.disc.input_embedding.detach().float()
+        with torch.no_grad():
+            l = logits.detach().float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+            p = torch.softmax(l, dim=-1)
+            x = torch.where(masked.unsqueeze(-1), p @ embedding, embedding[z])
+        with torch.enable_grad():
+            x = x.requires_grad_(True)
+            scores = self.disc.forward_embedded(x, sigma_t)
+            reward = torch.where(masked, scores, torch.zeros_like(scores)).sum()
+            (grad_x,) = torch.autograd.grad(reward, x)
+        with torch.no_grad():
+            u = grad_x.float() @ embedding.T  # [B, L, V]
+            inner = (u * p).sum(-1, keepdim=True)
+            return u.sub_(inner).mul_(p)
 
     @torch.no_grad()
     def rerank(self, z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> torch.Tensor:
