@@ -17,7 +17,7 @@ bf16 autocast and the sampling loop's denoiser is ``torch.compile(mode="reduce-o
   ``--iterations`` after 2 warm-up iterations).
 
 Floors: the matmul FLOPs of each measured piece of work are counted once with
-`torch.utils.flop_counter.FlopCounterMode` (forward and backward, attention included), and floor =
+torch's flop registry (`torch.utils.flop_counter`; forward and backward, attention included), and floor =
 FLOPs / peak. Peak: ``--peak-tflops``, else the dense bf16 peak of a known GPU (H100/H200 989, A100 312,
 L40S 362, L4 121 TFLOP/s); unknown GPUs and CPUs get no floor unless one is given.
 """
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import best_time, synchronize  # noqa: E402 - the same timer as the CPU speed table
@@ -59,10 +60,28 @@ DRY = dict(preset="tiny", vocab=64, seq_len=32, batches=(1, 4), student_steps=16
            probe_steps=8, rows=2, group=2)
 
 
+class MatmulFlops(TorchDispatchMode):
+    """FLOPs of every op torch's flop counter knows (matmuls, attention, convolutions), forward and
+    backward. FlopCounterMode itself also tracks modules with hooks that `torch.autograd.grad` (RGAS's
+    tilt) does not support, hence this dispatcher-level count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 def counted_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with MatmulFlops() as counter:
         fn()
-    return counter.get_total_flops()
+    return counter.total
 
 
 def peak_flops(device: torch.device, given: float | None) -> float | None:

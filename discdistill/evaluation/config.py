@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from discdistill.config import SamplingConfig, StrictModel
-from discdistill.distill.config import RGASConfig
 from discdistill.evaluation.report import ENTROPY_TOLERANCE
 
 
@@ -16,7 +15,7 @@ class EvalConfig(StrictModel):
 
     steps: list[int] = Field(default_factory=lambda: [8, 16, 32],
                              description="Step counts (NFE) to evaluate, one row each; '8,16,32' on the command line.")
-    sampler: Literal["ancestral", "rgas"] = "ancestral"
+    sampler: str = Field("ancestral", min_length=1, description="A registered sampler: ancestral, rgas, or a plugin's.")
     judge: str | None = Field(None, description="smollm2, gpt2-large, none, a folder, a .gguf file or a hub id; "
                                                 "default: the domain's (text: smollm2, others: none).")
     num_samples: int = Field(256, gt=0, description="Samples per row (the protocol asks for at least 256).")
@@ -34,7 +33,8 @@ class EvalConfig(StrictModel):
                              "bound (nats and bits per token) is estimated; 0: skip it.")
     entropy_tolerance: float = Field(ENTROPY_TOLERANCE, gt=0.0,
                                      description="Relative entropy difference that flags a row.")
-    rgas: RGASConfig = Field(default_factory=RGASConfig)
+    sampler_settings: dict[str, Any] = Field(default_factory=dict, description="The sampler's own settings, e.g. "
+                                             "candidates=2 for rgas (validated by the sampler).")
 
     @field_validator("steps", mode="before")
     @classmethod

@@ -10,14 +10,13 @@ the samples of one file written earlier by `discdistill sample` (no timing, step
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from discdistill.distill.rgas import RGAS, load_rgas
 from discdistill.evaluation.config import EvalConfig
 from discdistill.evaluation.elbo import elbo_nll
 from discdistill.evaluation.entropy import mean_entropy
@@ -26,9 +25,9 @@ from discdistill.evaluation.perplexity import generative_perplexity, judge_input
 from discdistill.evaluation.report import (
     EvalProtocol, EvalReport, EvalRow, flag_entropy, load_reference, reference_from,
 )
+from discdistill import plugins
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
-from discdistill.sampling import StepRule, ancestral_step
 from discdistill.training import resolve_device
 from discdistill.run_settings import run_settings_of
 from discdistill.workflows import generate, load_denoiser
@@ -53,13 +52,6 @@ class SampleSet:
         return out
 
 
-#: How each sampler's step rule is built from (checkpoint, config, device).
-SAMPLERS: dict[str, Callable[[Path, EvalConfig, torch.device], StepRule]] = {
-    "ancestral": lambda checkpoint, config, device: ancestral_step,
-    "rgas": lambda checkpoint, config, device: load_rgas(checkpoint, config.rgas, map_location=device),
-}
-
-
 def _bar(desc: str, total: int | None, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True)
 
@@ -69,18 +61,18 @@ def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeach
     """The sample length, and one timed sample set per step count of ``config.steps`` (same seed each), from
     ``model`` (loaded from ``checkpoint``, whose saved config is ``saved``; RGAS reads its discriminator there)."""
     run = run_settings_of(saved)
-    step_rule = SAMPLERS[config.sampler](checkpoint, config, device)
+    sampler = plugins.get_sampler(config.sampler, config.sampler_settings)
+    step_rule = sampler.step_rule(checkpoint, device)
     batches = -(-config.num_samples // config.batch_size)
 
     def sets() -> Iterator[SampleSet]:
         for steps in config.steps:
-            if isinstance(step_rule, RGAS):
-                step_rule.reset_counts()
+            sampler.reset(step_rule)
             with _bar(f"sampling {steps} steps", config.num_samples, progress) as bar:
                 result = generate(model, config.sampling(steps), device=device, run=run,
                                   step_rule=step_rule, initial_state=domain.initial_state,
                                   forbidden_tokens=domain.forbidden_tokens(), on_batch=bar.update)
-            disc = step_rule.disc_passes // batches if isinstance(step_rule, RGAS) else 0
+            disc = sampler.extra_passes(step_rule) // batches
             yield SampleSet(f"{steps} steps", steps, config.sampler, list(result.ids), result.nfe, disc,
                             result.seconds)
 

@@ -62,18 +62,17 @@ class DiT(MaskedDiffusionTeacher):
 
         A discriminator reuses this with its own per-position head in place of `output_layer`.
         """
-        batch, length = z.shape[0], z.shape[1]
-        if length > self.config.seq_len:
-            raise ModelMismatchError(
-                f"sequence length {length} exceeds the model's seq_len {self.config.seq_len}; "
-                "sample or train with a length the model was built for"
-            )
         return self.features_from_embeddings(self.vocab_embed(z), sigma)
 
     def features_from_embeddings(self, x: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """`features` after the input embedding: x [B, L, hidden] (float32) -> (h, c). Reward-guided
         sampling differentiates through this from x instead of through a [B, L, V] soft input."""
         batch, length = x.shape[0], x.shape[1]
+        if length > self.config.seq_len:
+            raise ModelMismatchError(
+                f"sequence length {length} exceeds the model's seq_len {self.config.seq_len}; "
+                "sample or train with a length the model was built for"
+            )
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(batch)
         with no_autocast(x):
             c = F.silu(self.sigma_map(sigma.float()))  # [B, cond], float32 as in MDLM
