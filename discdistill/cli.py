@@ -21,7 +21,7 @@ from discdistill import plugins
 from discdistill.config import PretrainConfig, SamplingConfig, load_config, parse_override
 from discdistill.distributed import shutdown, world_from_env
 from discdistill.errors import DiscdistillError
-from discdistill.training import resolve_device
+from discdistill.runtime import resolve_device
 
 CONFIG_HELP = "TOML or JSON file with configuration values (see docs/cli.md)."
 SET_HELP = "Override one configuration value, e.g. --set lr=3e-4 --set model_overrides.dropout=0.1. Repeatable."

@@ -12,10 +12,7 @@ Output directory layout::
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,57 +22,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discdistill.checkpoint import atomic_write_bytes, load_latest_training_state, save_pretrained, save_training_state
+from discdistill.checkpoint import load_latest_training_state, save_pretrained, save_training_state
 from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_preset
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked, nats_to_bits
 from discdistill.distributed import DistContext, init_distributed
-from discdistill.errors import CheckpointError, DataError, DiscdistillError, NumericalError
+from discdistill.errors import CheckpointError, DataError
 from discdistill.models import DiT
 from discdistill.rundir import RunDirectory
+from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
 from discdistill.run_settings import RunSettings
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
 MODEL_DIR, STATE_DIR, METRICS_FILE = "model", "checkpoint", "metrics.jsonl"
 PRETRAIN_ARTEFACTS = (MODEL_DIR, STATE_DIR, METRICS_FILE)
-
-
-class TrainingInterrupted(DiscdistillError):
-    """SIGINT/SIGTERM arrived; the state after the last full step was saved."""
-
-
-class StopRequest:
-    """While active, SIGINT and SIGTERM set ``requested`` instead of killing the loop mid-step.
-
-    The loop checks the flag after each full optimiser step, saves a checkpoint and stops, so the
-    saved state is always consistent. A second signal restores the default handler (kill now).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_teacher(config: PretrainConfig, vocab_size: int, mask_id: int, seq_len: int) -> DiT:
@@ -153,28 +113,6 @@ def validation_nll(objective: nn.Module, data: torch.Tensor, config: PretrainCon
     return nll
 
 
-class MetricsLog:
-    """Append-only JSONL, flushed each line so a crash loses nothing already logged.
-
-    Lines past ``start_step`` (left by a run that died after its last checkpoint) are dropped, so a
-    resumed run's log has each step once.
-    """
-
-    def __init__(self, path: Path, start_step: int = 0) -> None:
-        kept = []
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())  # a crash here keeps the old log
-        self.handle = path.open("a")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 #: Config fields that may differ between a run and its resume: they do not change the numbers
 #: (grad_accum and parallel change only how the same global batch is computed, up to float rounding).
 _RESUMABLE_CHANGES = frozenset({"log_every", "save_every", "eval_every", "device", "grad_accum", "parallel",
@@ -187,27 +125,6 @@ def check_resumable(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -
     if changed:
         raise CheckpointError(f"--resume: {out_dir} was trained with different settings ({', '.join(changed)}); "
                               "use the same options or a new --out directory")
-
-
-class NonfiniteGuard:
-    """Counts steps skipped for a non-finite loss; more than ``limit`` in a row stop the run."""
-
-    def __init__(self, limit: int, skipped: int = 0, streak: int = 0) -> None:
-        self.limit, self.skipped, self.streak = limit, skipped, streak
-
-    def update(self, finite: bool, step: int, checkpoint_dir: Path) -> None:
-        if finite:
-            self.streak = 0
-            return
-        self.skipped, self.streak = self.skipped + 1, self.streak + 1
-        if self.streak > self.limit:
-            raise NumericalError(
-                f"the loss was non-finite for {self.streak} consecutive steps (up to step {step}); stopped without "
-                f"saving: the last good checkpoint is in {checkpoint_dir}. Lower the learning rate, check the "
-                "data, or raise max_nonfinite")
-
-    def state(self) -> dict[str, int]:
-        return {"nonfinite_skipped": self.skipped, "nonfinite_streak": self.streak}
 
 
 def parallel_mode(config: PretrainConfig, ctx: DistContext) -> str:

@@ -24,7 +24,8 @@ from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.rundir import RunDirectory
 from discdistill.run_settings import RunSettings, check_run_domain, domain_run_settings, run_settings_of
 from discdistill.sampling import StepRule, ancestral_step, sample
-from discdistill.training import MODEL_DIR, PRETRAIN_ARTEFACTS, pretrain, resolve_device
+from discdistill.runtime import resolve_device
+from discdistill.training import MODEL_DIR, PRETRAIN_ARTEFACTS, pretrain
 
 
 def pretrain_domain(domain: Domain, config: PretrainConfig, out_dir: Path, *, source: str | None = None,

@@ -67,7 +67,7 @@ from discdistill.rundir import RunDirectory
 from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.sampling import sample
 from discdistill.distributed import init_distributed, world_from_env
-from discdistill.training import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
+from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
 DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)

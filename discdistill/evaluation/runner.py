@@ -28,7 +28,7 @@ from discdistill.evaluation.report import (
 from discdistill import plugins
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
-from discdistill.training import resolve_device
+from discdistill.runtime import resolve_device
 from discdistill.run_settings import run_settings_of
 from discdistill.workflows import generate, load_denoiser
 
