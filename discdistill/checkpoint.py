@@ -277,7 +277,8 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     classes = _model_classes()
     if config.get("model_class") not in classes:
         raise CheckpointError(f"{directory}: unknown model class {config.get('model_class')!r}")
-    model = classes[config["model_class"]](build(ModelConfig, config["model"]))
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
+        model = classes[config["model_class"]](build(ModelConfig, config["model"]))
     load_state_strict(model, state, directory)
     return model.to(map_location)
 

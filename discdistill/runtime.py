@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,12 @@ class NonfiniteGuard:
 
     def state(self) -> dict[str, int]:
         return {"nonfinite_skipped": self.skipped, "nonfinite_streak": self.streak}
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Draws from torch's global generator inside use ``seed``; the caller's generator state is restored
+    after, so library code never resets a user's RNG (weight init and dropout need the global one)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

@@ -30,7 +30,7 @@ from discdistill.distributed import DistContext, init_distributed
 from discdistill.errors import CheckpointError, DataError
 from discdistill.models import DiT
 from discdistill.rundir import RunDirectory
-from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
+from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted, seeded
 from discdistill.run_settings import RunSettings
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
@@ -310,8 +310,9 @@ def _pretrain_in(claim: RunDirectory, config: PretrainConfig, train: torch.Tenso
     """`pretrain`'s loop, inside the claimed run directory."""
     out_dir = claim.path
     device, seq_len = ctx.device, train.shape[1]
-    torch.manual_seed(config.seed)
-    run = _start_training(config, build_teacher(config, vocab_size, mask_id, seq_len).to(device), out_dir, resume, ctx)
+    with seeded(config.seed, device):  # the initial weights
+        teacher = build_teacher(config, vocab_size, mask_id, seq_len).to(device)
+    run = _start_training(config, teacher, out_dir, resume, ctx)
     batches = EpochBatches(len(train), config.batch_size, config.seed)
     log = MetricsLog(out_dir / METRICS_FILE, start_step=run.start) if ctx.is_main else None
     run.objective.train()
@@ -327,10 +328,10 @@ def _pretrain_in(claim: RunDirectory, config: PretrainConfig, train: torch.Tenso
         with stop:
             for step in bar:
                 tic = time.perf_counter()
-                torch.manual_seed((config.seed * 0x9E3779B1 + step) % 2**63 + ctx.rank)  # dropout: a function of step
                 x = train[batches.indices(step)].to(device).long()  # memory-mapped corpora may be uint16
                 t, u = draw_noise(len(x), seq_len, config.t_min, device, step_generator(config.seed, step, device))
-                loss_value, grads = run.optimizer_step(x, t, u, ctx, config)
+                with seeded((config.seed * 0x9E3779B1 + step) % 2**63 + ctx.rank, device):  # dropout: f(step)
+                    loss_value, grads = run.optimizer_step(x, t, u, ctx, config)
                 done = step + 1
                 run.guard.update(math.isfinite(loss_value), done, out_dir / STATE_DIR)
                 if done % config.log_every == 0 or done == config.steps:
@@ -370,7 +371,8 @@ def _save_teacher(run: _TrainingState, config: PretrainConfig, validation: torch
             "val_nll": validation_nll(run.objective, validation, config, ctx.device)}
     model_sd, _ = full_state_dicts(run.objective, run.optimizer, run.mode)
     if ctx.is_main:
-        final = build_teacher(config, vocab_size, mask_id, seq_len)
+        with seeded(config.seed, torch.device("cpu")):  # its init is overwritten: keep the caller's RNG as it was
+            final = build_teacher(config, vocab_size, mask_id, seq_len)
         final.load_state_dict(model_sd)
         save_pretrained(final, out_dir / MODEL_DIR, extra={**info, **(extra or {})}, run=run_settings)
     ctx.barrier()

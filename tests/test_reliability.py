@@ -334,3 +334,14 @@ def test_malformed_input_gives_one_line_a_non_zero_exit_and_no_output(toy_plugin
     assert message in err, err
     assert not out.exists() and not (bad_files["blocker"].parent / "run").exists()
     assert not list(tmp_path.glob(".*.tmp")) and not list(counting_model.iterdir())[0].name.startswith("samples")
+
+
+def test_library_runs_leave_the_callers_random_state_alone(toy_plugin, tmp_path, capsys):
+    import torch
+
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    assert run(pretrain_args(tmp_path / "t"), capsys)[0] == 0
+    assert run(["train", "--domain", "counting", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s"),
+                "--iterations", "2", "--batch-rows", "1", "--device", "cpu", "--quiet"], capsys)[0] == 0
+    assert torch.equal(torch.get_rng_state(), state)

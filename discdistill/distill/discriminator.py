@@ -87,6 +87,7 @@ def load_discriminator(directory: str | Path, map_location: str | torch.device =
                               "give a distillation run directory or its discriminator/ folder")
     meta, state = load_weights_dir(directory, config_name=DISC_CONFIG, weights_name=DISC_WEIGHTS,
                                    what="discriminator")
-    disc = DiTDiscriminator(DiT(build(ModelConfig, meta["model"])), trainable_blocks=meta["trainable_blocks"])
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
+        disc = DiTDiscriminator(DiT(build(ModelConfig, meta["model"])), trainable_blocks=meta["trainable_blocks"])
     load_state_strict(disc, state, directory)
     return disc.to(map_location)

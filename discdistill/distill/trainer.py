@@ -67,7 +67,7 @@ from discdistill.rundir import RunDirectory
 from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.sampling import sample
 from discdistill.distributed import init_distributed, world_from_env
-from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted
+from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted, seeded
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
 DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)
@@ -119,14 +119,13 @@ class DistillTrainer:
         #: What the student's checkpoint records: sampling must use this sigma rule and eps.
         self.run_settings = teacher_run.model_copy(update={"time_conditioned": self.time_conditioned,
                                                            "schedule": config.schedule})
-        torch.manual_seed(config.seed)  # spectral-norm vectors and anything else drawn at construction
-
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.mask_id = int(teacher.mask_id)
         self.seq_len, self.train_data = self._check_data(train_data)
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
-        self.disc = DiTDiscriminator(self.teacher, config.disc_blocks).to(self.device).train()
+        with seeded(config.seed, self.device):  # the head's weights and spectral-norm vectors
+            self.disc = DiTDiscriminator(self.teacher, config.disc_blocks).to(self.device).train()
         self.objective = make_objective(config.disc_objective, config.reward_reduce)
 
         self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)
@@ -192,7 +191,15 @@ class DistillTrainer:
         return self.train_data[rows].to(self.device).long()
 
     def step(self) -> dict[str, Any]:
-        """Run one iteration (rollout, discriminator step, student step, EMA); return its metrics."""
+        """Run one iteration (rollout, discriminator step, student step, EMA); return its metrics.
+
+        Dropout (the only draw from torch's global generator) is seeded by (seed, iteration, rank), so a
+        resumed run redoes it exactly and the caller's generator is left as it was."""
+        seed = (self.config.seed * 0x9E3779B1 + self.iteration) % 2**63 + self.ctx.rank
+        with seeded(seed, self.device):
+            return self._step()
+
+    def _step(self) -> dict[str, Any]:
         c = self.config
         tic = time.perf_counter()
         n = c.samples_per_iteration // self.ctx.world_size  # this rank's samples: whole groups
