@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from discdistill.checkpoint import atomic_write_bytes
-from discdistill.errors import DiscdistillError, NumericalError
+from discdistill.errors import ConfigError, DiscdistillError, NumericalError
 
 
 class TrainingInterrupted(DiscdistillError):
@@ -105,3 +105,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def check_resumable(saved: dict[str, Any], now: dict[str, Any], may_change: frozenset[str], out_dir: Path) -> None:
+    """The one resume check: refuse a ``--resume`` whose settings would change the numbers (every
+    config field differing from the saved one, except those in ``may_change``)."""
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in may_change)
+    if changed:
+        raise ConfigError(f"--resume: {out_dir} was trained with different settings ({', '.join(changed)}); "
+                          "use the same options or a new --out directory")

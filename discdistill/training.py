@@ -27,10 +27,17 @@ from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_p
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked, nats_to_bits
 from discdistill.distributed import DistContext, init_distributed
-from discdistill.errors import CheckpointError, DataError
+from discdistill.errors import DataError
 from discdistill.models import DiT
 from discdistill.rundir import RunDirectory
-from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted, seeded
+from discdistill.runtime import (
+    MetricsLog,
+    NonfiniteGuard,
+    StopRequest,
+    TrainingInterrupted,
+    check_resumable,
+    seeded,
+)
 from discdistill.run_settings import RunSettings
 from discdistill.optim import clip_grad_norm_finite_, make_adamw, warmup_linear_decay
 
@@ -117,14 +124,6 @@ def validation_nll(objective: nn.Module, data: torch.Tensor, config: PretrainCon
 #: (grad_accum and parallel change only how the same global batch is computed, up to float rounding).
 _RESUMABLE_CHANGES = frozenset({"log_every", "save_every", "eval_every", "device", "grad_accum", "parallel",
                                 "keep_checkpoints", "max_nonfinite"})
-
-
-def check_resumable(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -> None:
-    """Refuse to resume with settings that would change the numbers (data, model, optimisation)."""
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
-    if changed:
-        raise CheckpointError(f"--resume: {out_dir} was trained with different settings ({', '.join(changed)}); "
-                              "use the same options or a new --out directory")
 
 
 def parallel_mode(config: PretrainConfig, ctx: DistContext) -> str:
@@ -254,7 +253,7 @@ def _start_training(config: PretrainConfig, model: DiT, out_dir: Path, resume: b
     if resume:
         meta, _ = load_latest_training_state(out_dir / STATE_DIR, modules={"model": model},
                                              optimizers={"model": optimizer}, schedulers={"model": scheduler})
-        check_resumable(meta["config"], config.model_dump(), out_dir)
+        check_resumable(meta["config"], config.model_dump(), _RESUMABLE_CHANGES, out_dir)
         start = meta["step"]
         guard = NonfiniteGuard(config.max_nonfinite, meta.get("nonfinite_skipped", 0), meta.get("nonfinite_streak", 0))
     unsharded_state = optimizer.state_dict() if mode == "fsdp" else None  # taken before sharding

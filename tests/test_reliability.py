@@ -345,3 +345,16 @@ def test_library_runs_leave_the_callers_random_state_alone(toy_plugin, tmp_path,
     assert run(["train", "--domain", "counting", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "s"),
                 "--iterations", "2", "--batch-rows", "1", "--device", "cpu", "--quiet"], capsys)[0] == 0
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_resume_with_settings_that_change_the_numbers_is_refused_by_one_check(toy_plugin, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert run(pretrain_args(out, 2), capsys)[0] == 0
+    err = one_line_error(*run([*pretrain_args(out, 2, "--lr", "0.01"), "--resume"], capsys)[::2])
+    assert f"--resume: {out} was trained with different settings (lr); use the same options" in err
+    assert run([*pretrain_args(out, 2, "--set", "log_every=2"), "--resume"], capsys)[0] == 0  # may change
+    train = ["train", "--domain", "counting", "--teacher", str(out), "--out", str(tmp_path / "s"), "--iterations", "2",
+             "--batch-rows", "1", "--device", "cpu", "--quiet"]
+    assert run(train, capsys)[0] == 0
+    err = one_line_error(*run([*train, "--student-lr", "0.5", "--resume"], capsys)[::2])
+    assert "was trained with different settings (student_lr)" in err

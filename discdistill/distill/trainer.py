@@ -61,18 +61,25 @@ from discdistill.distill.losses import (
 )
 from discdistill.distill.objectives import make_objective
 from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
-from discdistill.errors import ConfigError, DataError, ModelMismatchError
+from discdistill.errors import DataError, ModelMismatchError
 from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
 from discdistill.rundir import RunDirectory
 from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.sampling import sample
 from discdistill.distributed import init_distributed, world_from_env
-from discdistill.runtime import MetricsLog, NonfiniteGuard, StopRequest, TrainingInterrupted, seeded
+from discdistill.runtime import (
+    MetricsLog,
+    NonfiniteGuard,
+    StopRequest,
+    TrainingInterrupted,
+    check_resumable,
+    seeded,
+)
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
 DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)
 #: Config fields that may change between a run and its resume (they do not affect the numbers).
-_RESUMABLE_CHANGES = {"log_every", "save_every", "device", "keep_checkpoints", "max_nonfinite"}
+_RESUMABLE_CHANGES = frozenset({"log_every", "save_every", "device", "keep_checkpoints", "max_nonfinite"})
 
 
 def _generator_state(generator: torch.Generator) -> str:
@@ -387,11 +394,7 @@ class DistillTrainer:
         """Restore the state saved in OUT/state (the run must have the same configuration)."""
         meta, _ = load_latest_training_state(self.out_dir / STATE_DIR, modules=self._modules(),
                                              optimizers=self._optimizers(), schedulers=self._schedulers())
-        saved, now = meta["config"], self.config.model_dump(mode="json")
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
-        if changed:
-            raise ConfigError(f"--resume: {self.out_dir} was distilled with different settings ({', '.join(changed)}); "
-                              "use the same options or a new output directory")
+        check_resumable(meta["config"], self.config.model_dump(mode="json"), _RESUMABLE_CHANGES, self.out_dir)
         generators = meta.get("generators", [meta["generator"]])
         if self.ctx.rank < len(generators):  # ranks a resumed run adds keep their fresh, rank-seeded stream
             _set_generator_state(self.generator, generators[self.ctx.rank])
