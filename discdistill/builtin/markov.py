@@ -30,6 +30,7 @@ from pydantic import Field
 from discdistill.checkpoint import atomic_write_bytes, atomic_write_json
 from discdistill.config import StrictModel
 from discdistill.errors import DataError
+from discdistill.evaluation.entropy import mean_entropy
 from discdistill.interfaces import Domain, Tokenizer
 from discdistill.plugins import hookimpl
 
@@ -138,14 +139,6 @@ class MarkovChain:
         return (self.stationary_entropy + (length - 1) * self.entropy_rate) / length
 
 
-def unigram_entropy(ids: torch.Tensor, num_tokens: int) -> float:
-    """Per-sample entropy (nats) of the token histogram, averaged over samples (method.md §4)."""
-    counts = torch.zeros(ids.shape[0], num_tokens, dtype=torch.float64)
-    counts.scatter_add_(1, ids.long().cpu().clamp(0, num_tokens - 1), torch.ones(ids.shape, dtype=torch.float64))
-    p = counts / counts.sum(-1, keepdim=True)
-    return float(-(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1).mean())
-
-
 class MarkovDomain(Domain):
     """Synthetic stationary Markov chain over 16 tokens with an exactly known likelihood."""
 
@@ -220,12 +213,12 @@ class MarkovDomain(Domain):
         out = {
             "true_nll_per_token": nll,
             "true_ppl": math.exp(nll),
-            "unigram_entropy": unigram_entropy(samples, self.chain.num_tokens),
+            "unigram_entropy": mean_entropy(list(samples)),  # the one definition (discdistill.evaluation.entropy)
             "expected_data_nll_per_token": self.chain.expected_nll_per_token(samples.shape[1]),
         }
         if reference is not None and len(reference):
             out["reference_true_nll_per_token"] = float(self.true_nll_per_token(reference).mean())
-            out["reference_unigram_entropy"] = unigram_entropy(reference, self.chain.num_tokens)
+            out["reference_unigram_entropy"] = mean_entropy(list(reference))
         return out
 
 
