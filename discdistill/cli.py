@@ -6,82 +6,30 @@ Every command takes ``--config FILE`` (TOML or JSON) and repeatable ``--set key=
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from discdistill import plugins
-from discdistill.config import PretrainConfig, SamplingConfig, load_config, parse_override
+from discdistill.cli_options import (
+    as_overrides,
+    config_options,
+    domain_option,
+    explicit,
+    key_values,
+    overwrite_option,
+    sampling_options,
+    warn,
+)
+from discdistill.config import PretrainConfig, SamplingConfig, load_config
+from discdistill.demo import demo_command
 from discdistill.distributed import shutdown, world_from_env
 from discdistill.errors import DiscdistillError
 from discdistill.runtime import resolve_device
-
-CONFIG_HELP = "TOML or JSON file with configuration values (see docs/cli.md)."
-SET_HELP = "Override one configuration value, e.g. --set lr=3e-4 --set model_overrides.dropout=0.1. Repeatable."
-
-
-def key_values(items: tuple[str, ...]) -> dict[str, Any]:
-    """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        keys, value = parse_override(item)
-        out[".".join(keys)] = value
-    return out
-
-
-def domain_option(func: Callable) -> Callable:
-    """``--domain NAME`` and ``--domain-set KEY=VALUE``; the command receives ``domain_settings`` (a dict)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, domain_sets: tuple[str, ...], **kwargs: Any) -> Any:
-        return func(*args, domain_settings=key_values(domain_sets), **kwargs)
-
-    wrapper = click.option("--domain-set", "domain_sets", multiple=True, metavar="KEY=VALUE",
-                           help="One of the domain's settings, e.g. --domain-set length_mode=sampled (protein); "
-                                "`discdistill domains` lists them. Stored in checkpoints and reports.")(wrapper)
-    return click.option("--domain", required=True, metavar="NAME",
-                        help="Domain plugin to use (list them with `discdistill domains`).")(wrapper)
-
-
-def config_options(func: Callable) -> Callable:
-    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(func)
-    return click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)(func)
-
-
-def overwrite_option(func: Callable) -> Callable:
-    return click.option("--overwrite", is_flag=True,
-                        help="Replace the run already in --out (it is deleted only once the new run's first "
-                             "checkpoint is written). Without it or --resume, an existing run is refused.")(func)
-
-
-def sampling_options(func: Callable) -> Callable:
-    """Options of the sampling loop shared by `sample` and `eval`."""
-    func = click.option("--noise-removal", type=click.Choice(["sample", "argmax"]), default=None,
-                        help="How the last step fills positions still masked [sample].")(func)
-    func = click.option("--precision", type=click.Choice(["float64", "float32"]), default=None,
-                        help="Categorical sampling precision [float64]; float32 truncates the tail, lowers "
-                             "entropy (and flatters perplexity).")(func)
-    return click.option("--seq-len", type=int, default=None, help="Sample length [the model's].")(func)
-
-
-def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
-
-
-def explicit(**values: Any) -> dict[str, Any]:
-    """Options the user actually gave (click passes None for the others)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def as_overrides(values: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -197,7 +145,13 @@ def sample(domain: str, domain_settings: dict[str, Any], checkpoint: Path, devic
     and the passes the sampler added (RGAS: its discriminator's).
     """
     from discdistill.rundir import check_writable
-    from discdistill.workflows import domain_for_model, generate, is_shipped, load_denoiser, resolve_checkpoint
+    from discdistill.workflows import (
+        domain_for_model,
+        generate,
+        is_shipped,
+        load_denoiser,
+        resolve_checkpoint,
+    )
 
     config = load_config(SamplingConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     sampler = plugins.get_sampler(sampler_name, key_values(sampler_sets))
@@ -256,7 +210,11 @@ def train(domain: str, domain_settings: dict[str, Any], teacher: str | None, out
     from discdistill.distill.config import DistillConfig
     from discdistill.distill.trainer import DISTILL_ARTEFACTS, distill
     from discdistill.rundir import RunDirectory
-    from discdistill.workflows import check_compatible, domain_for_model, resolve_teacher
+    from discdistill.workflows import (
+        check_compatible,
+        domain_for_model,
+        resolve_teacher,
+    )
 
     target = plugins.get_domain(domain, domain_settings)
     config = load_config(DistillConfig, config_file, [*overrides, *as_overrides(explicit(**options))],
@@ -276,69 +234,6 @@ def train(domain: str, domain_settings: dict[str, Any], teacher: str | None, out
     if world_from_env()[0] == 0:
         click.echo(f"student saved to {student_dir}; sample with: discdistill sample --domain {domain} "
                f"--checkpoint {out_dir} --steps 8 [--sampler rgas]")
-
-
-@cli.command()
-@domain_option
-@click.option("--teacher", default=None, metavar="PATH",
-              help="Teacher model/run directory [the domain's shipped teacher, else its cached default].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory of the live distillation [runs/<domain>-demo, replaced on every demo; an "
-                   "explicit --out is never replaced without --overwrite].")
-@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Live distillation iterations (about 4.5 s each for chars on 2 CPU cores).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Samples per row (the table's numbers; three of each are printed).")
-@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="Few-step count.")
-@click.option("--many-steps", type=click.IntRange(min=1), default=256, show_default=True,
-              help="The teacher's many-step count.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (the same for every row).")
-@click.option("--quiet", is_flag=True, help="No progress bar during distillation.")
-@overwrite_option
-@config_options
-def demo(domain: str, domain_settings: dict[str, Any], teacher: str | None, out_dir: Path | None, iterations: int,
-         num_samples: int, steps: int, many_steps: int, seed: int, quiet: bool, overwrite: bool,
-         config_file: str | None, overrides: tuple[str, ...]) -> None:
-    """Distil for a few minutes, then show teacher@8, teacher@256 and student@8 side by side.
-
-    \b
-    The teacher is the domain's shipped one when its plugin ships one (chars does). The live student
-    is distilled with the domain's recipe (--set overrides it) for --iterations; when the plugin ships
-    a fully distilled student, it gets a row too. Every row: three samples, then one table of the
-    domain's metrics on --num-samples samples (same seed), with held-out real text as the ceiling.
-    \b
-    Example (the README's main job: 8.3 minutes on 2 CPU cores, install included):
-      discdistill demo --domain chars
-    """
-    from discdistill.checkpoint import load_pretrained
-    from discdistill.demo import render, run_demo
-    from discdistill.distill.config import DistillConfig
-    from discdistill.distill.trainer import distill
-    from discdistill.workflows import resolve_model_dir, resolve_teacher
-
-    target = plugins.get_domain(domain, domain_settings)
-    config = load_config(DistillConfig, config_file, [*overrides, f"iterations={iterations}"],
-                         **target.distill_defaults())
-    teacher_dir = resolve_teacher(target, teacher, device=config.device, progress=not quiet, say=click.echo)
-    teacher_model = load_pretrained(teacher_dir).eval()
-    overwrite = overwrite or out_dir is None  # the default demo directory is scratch: each demo replaces it
-    out_dir = out_dir or Path("runs") / f"{domain}-demo"
-    train_data = target.dataset("train", teacher_model.seq_len) if config.positives == "data" else None
-    click.echo(f"distilling a {steps}-step student for {iterations} iterations into {out_dir}")
-    student_dir = distill(config, teacher_dir, train_data, out_dir, overwrite=overwrite, progress=not quiet)
-    rows = [(f"teacher@{steps}", teacher_dir, steps), (f"teacher@{many_steps}", teacher_dir, many_steps),
-            (f"student@{steps} ({iterations} it, live)", student_dir, steps)]
-    if "student" in target.shipped_models():
-        rows.append((f"student@{steps} (shipped)", resolve_model_dir(target.shipped_models()["student"]), steps))
-    results = run_demo(target, rows, num_samples=num_samples, seq_len=teacher_model.seq_len, seed=seed,
-                       say=click.echo)
-    protocol = [f"domain {domain}; teacher {teacher_dir}; live student {student_dir}",
-                f"{num_samples} samples a row, length {teacher_model.seq_len}, ancestral sampling, float64 draws, "
-                f"seed {seed}; seconds = wall time of sampling on this machine",
-                "entropy: mean over samples of each sample's token unigram entropy (nats)"]
-    if target.metrics_protocol():
-        protocol.append(f"metrics: {target.metrics_protocol()}")
-    click.echo(render(results, protocol))
 
 
 @cli.command("eval")
@@ -401,7 +296,11 @@ def eval_command(domain: str, domain_settings: dict[str, Any], checkpoint: Path 
     config = load_config(EvalConfig, config_file, [*overrides, *as_overrides(explicit(**options))])
     target = plugins.get_domain(domain, domain_settings)
     if checkpoint is not None:  # the domain as the model was trained, --domain-set on top
-        from discdistill.workflows import domain_for_model, is_shipped, resolve_checkpoint
+        from discdistill.workflows import (
+            domain_for_model,
+            is_shipped,
+            resolve_checkpoint,
+        )
 
         shipped = is_shipped(checkpoint)
         checkpoint = resolve_checkpoint(checkpoint, target)
@@ -459,6 +358,9 @@ def import_mdlm_command(src: str, out: Path) -> None:
 
     path = import_mdlm(src, out)
     click.echo(f"imported {src} -> {path}")
+
+
+cli.add_command(demo_command)
 
 
 def main(argv: list[str] | None = None) -> None:
