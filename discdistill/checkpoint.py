@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from discdistill.config import ModelConfig, StrictModel, build
+from discdistill.config import StrictModel
 from discdistill.errors import CheckpointError, CorruptCheckpointError, StorageError
 
 FORMAT_VERSION = 1
@@ -211,12 +211,6 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptCheckpointError(f"{path} is corrupt or not a safetensors file ({err})") from err
 
 
-def _model_classes() -> dict[str, Callable[[ModelConfig], nn.Module]]:
-    from discdistill.models import DiT  # local import: models import config, not the reverse
-
-    return {"DiT": DiT}
-
-
 def _tensor_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies (safetensors refuses tensors that share memory)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -274,11 +268,11 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     """Rebuild the model saved by `save_pretrained` and load its weights (strict)."""
     directory = Path(directory)
     config, state = load_weights_dir(directory)
-    classes = _model_classes()
-    if config.get("model_class") not in classes:
-        raise CheckpointError(f"{directory}: unknown model class {config.get('model_class')!r}")
+    from discdistill.backbones import backbone_named  # local: the registry imports plugins, which import this
+
+    backbone = backbone_named(str(config.get("model_class")))
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
-        model = classes[config["model_class"]](build(ModelConfig, config["model"]))
+        model = backbone.build(config["model"])
     load_state_strict(model, state, directory)
     return model.to(map_location)
 

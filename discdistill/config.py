@@ -93,8 +93,12 @@ class SamplingConfig(StrictModel):
 class PretrainConfig(StrictModel):
     """Teacher pre-training with the MDLM ELBO."""
 
-    model_preset: str = Field("tiny", description="Architecture preset: " + ", ".join(MODEL_PRESETS))
-    model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields on top of the preset.")
+    backbone: str = Field("DiT", description="The network: DiT (MDLM's), HFMaskedLM (a transformers masked LM "
+                          "built from backbone_config), or a plugin's (discdistill.backbones).")
+    backbone_config: dict[str, Any] = Field(default_factory=dict, description="HFMaskedLM: transformers config "
+                                            "fields, model_type included (bert, roberta, esm, ...).")
+    model_preset: str = Field("tiny", description="DiT architecture preset: " + ", ".join(MODEL_PRESETS))
+    model_overrides: dict[str, Any] = Field(default_factory=dict, description="DiT ModelConfig fields on top of the preset.")
     seq_len: int | None = Field(None, gt=0, description="Block length; defaults to the domain's.")
     batch_size: int = Field(32, gt=0)
     steps: int = Field(2000, gt=0, description="Optimiser steps.")

@@ -78,6 +78,11 @@ class MaskedDiffusionTeacher(nn.Module, ABC):
     @abstractmethod
     def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
+    def logits_at(self, z: torch.Tensor, sigma: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] at the n positions where ``where`` [B, L] is true (row-major). Override when the
+        network can skip the other positions (the DiT runs its output layer only there)."""
+        return self(z, sigma)[where]
+
 
 class Student(MaskedDiffusionTeacher):
     """A few-step denoiser distilled from a teacher; keeps an exponential moving average of itself."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
@@ -27,6 +27,7 @@ from typing import Any
 
 import pluggy
 
+from discdistill.backbones import Backbone, builtin_backbones
 from discdistill.config import StrictModel, build
 from discdistill.errors import ConfigError, DomainNotFoundError, PluginError
 from discdistill.interfaces import Domain
@@ -48,6 +49,10 @@ class DomainHookSpecs:
     @hookspec
     def discdistill_samplers(self) -> list[type[Sampler]]:
         """Return the `discdistill.samplers.Sampler` subclasses this plugin provides."""
+
+    @hookspec
+    def discdistill_backbones(self) -> list[Backbone]:
+        """Return the `discdistill.backbones.Backbone` entries (network classes) this plugin provides."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Registry:
     domains: dict[str, DomainEntry]
     broken: tuple[BrokenPlugin, ...]  # plugins that failed; the others' domains still load
     samplers: dict[str, type[Sampler]]
+    backbones: dict[str, Backbone]
 
 
 def _load_entry_points(manager: pluggy.PluginManager, broken: list[BrokenPlugin]) -> dict[str, str]:
@@ -134,29 +140,33 @@ def collect_domains(manager: pluggy.PluginManager, sources: dict[str, str],
     return domains
 
 
-def collect_samplers(manager: pluggy.PluginManager, sources: dict[str, str],
-                     broken: list[BrokenPlugin]) -> dict[str, type[Sampler]]:
-    """The built-in samplers, then each plugin's (a plugin may not replace a built-in name)."""
-    samplers: dict[str, type[Sampler]] = {cls.name: cls for cls in BUILTIN_SAMPLERS}
+def collect_named(manager: pluggy.PluginManager, sources: dict[str, str], broken: list[BrokenPlugin], *,
+                  hook: str, what: str, builtins: list[Any], valid: Callable[[Any], bool]) -> dict[str, Any]:
+    """``builtins``, then every plugin's entries from ``hook`` (each with a ``name``), keyed by name.
+
+    A plugin whose hook raises or returns an entry ``valid`` refuses goes to ``broken`` (the others
+    still load); two different entries under one name are an error (which one is meant cannot be guessed).
+    """
+    entries: dict[str, Any] = {entry.name: entry for entry in builtins}
     for plugin in manager.get_plugins():
-        impl = getattr(plugin, "discdistill_samplers", None)  # optional hook
+        impl = getattr(plugin, hook, None)  # every hook is optional
         if impl is None:
             continue
         name = manager.get_name(plugin)
         try:
-            classes = list(impl())
-            bad = [cls for cls in classes if not (isinstance(cls, type) and issubclass(cls, Sampler))]
+            provided = list(impl())
+            bad = [entry for entry in provided if not valid(entry)]
             if bad:
-                raise PluginError(f"returned {bad[0]!r}, which is not a Sampler subclass")
+                raise PluginError(f"returned {bad[0]!r}, which is not a {what}")
         except Exception as err:  # noqa: BLE001 - name the plugin, keep the others
-            broken.append(BrokenPlugin(name, sources.get(name, name), f"samplers: {err}"))
+            broken.append(BrokenPlugin(name, sources.get(name, name), f"{hook}: {err}"))
             continue
-        for cls in classes:
-            if cls.name in samplers and samplers[cls.name] is not cls:
-                raise PluginError(f"sampler {cls.name!r} is provided twice (by {sources.get(name, name)!r} and "
+        for entry in provided:
+            if entry.name in entries and entries[entry.name] != entry:
+                raise PluginError(f"{what} {entry.name!r} is provided twice (by {sources.get(name, name)!r} and "
                                   "another package or the core); uninstall one")
-            samplers[cls.name] = cls
-    return samplers
+            entries[entry.name] = entry
+    return entries
 
 
 def get_sampler(name: str, settings: Mapping[str, Any] | None = None) -> Sampler:
@@ -179,11 +189,16 @@ def registry() -> Registry:
     manager, broken = _plugin_manager(), []
     sources = _load_entry_points(manager, broken)
     domains = collect_domains(manager, sources, broken)
-    samplers = collect_samplers(manager, sources, broken)
+    samplers = collect_named(manager, sources, broken, hook="discdistill_samplers", what="Sampler subclass",
+                             builtins=list(BUILTIN_SAMPLERS),
+                             valid=lambda cls: isinstance(cls, type) and issubclass(cls, Sampler))
+    backbones = collect_named(manager, sources, broken, hook="discdistill_backbones",
+                              what="discdistill.backbones.Backbone", builtins=builtin_backbones(),
+                              valid=lambda entry: isinstance(entry, Backbone))
     for plugin in broken:
         warnings.warn(f"discdistill plugin {plugin.name!r} from package {plugin.package!r} {plugin.problem}; "
                       "its domains are unavailable", stacklevel=2)
-    return Registry(domains, tuple(broken), samplers)
+    return Registry(domains, tuple(broken), samplers, backbones)
 
 
 def installed_domains() -> dict[str, DomainEntry]:

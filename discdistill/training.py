@@ -23,11 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from discdistill.checkpoint import load_latest_training_state, save_pretrained, save_training_state
-from discdistill.config import FSDP_PRESETS, PretrainConfig, model_config_from_preset
+from discdistill.backbones import backbone_named
+from discdistill.config import FSDP_PRESETS, PretrainConfig
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, antithetic_times, mdlm_loss_at_masked, nats_to_bits
 from discdistill.distributed import DistContext, init_distributed
 from discdistill.errors import DataError
+from discdistill.interfaces import MaskedDiffusionTeacher
 from discdistill.models import DiT
 from discdistill.rundir import RunDirectory
 from discdistill.runtime import (
@@ -45,11 +47,9 @@ MODEL_DIR, STATE_DIR, METRICS_FILE = "model", "checkpoint", "metrics.jsonl"
 PRETRAIN_ARTEFACTS = (MODEL_DIR, STATE_DIR, METRICS_FILE)
 
 
-def build_teacher(config: PretrainConfig, vocab_size: int, mask_id: int, seq_len: int) -> DiT:
-    model_config = model_config_from_preset(
-        config.model_preset, vocab_size=vocab_size, mask_id=mask_id, seq_len=seq_len, **config.model_overrides
-    )
-    return DiT(model_config)
+def build_teacher(config: PretrainConfig, vocab_size: int, mask_id: int, seq_len: int) -> nn.Module:
+    """A fresh network of ``config.backbone`` (DiT by default) for a domain's vocabulary and length."""
+    return backbone_named(config.backbone).for_domain(config, vocab_size, mask_id, seq_len)
 
 
 class ElboObjective(nn.Module):
@@ -59,7 +59,7 @@ class ElboObjective(nn.Module):
     taking the noise as input lets every world size draw the same noise for the same global batch.
     """
 
-    def __init__(self, model: DiT, schedule: LogLinearSchedule, time_conditioned: bool,
+    def __init__(self, model: MaskedDiffusionTeacher, schedule: LogLinearSchedule, time_conditioned: bool,
                  autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model, self.schedule, self.time_conditioned = model, schedule, time_conditioned
@@ -144,8 +144,9 @@ def wrap_objective(objective: ElboObjective, mode: str, ctx: DistContext) -> nn.
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in objective.model.blocks:
-            fully_shard(block)
+        if isinstance(objective.model, DiT):  # shard each block, then the rest; other backbones as one unit
+            for block in objective.model.blocks:
+                fully_shard(block)
         fully_shard(objective)
     return objective
 
@@ -196,8 +197,8 @@ def _optimizer_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any
     return {"state": {names[int(k)]: v for k, v in state["state"].items()}, "param_groups": groups}
 
 
-def objective_model(objective: nn.Module) -> DiT:
-    """The DiT inside a (possibly DDP-wrapped) `ElboObjective`."""
+def objective_model(objective: nn.Module) -> MaskedDiffusionTeacher:
+    """The network inside a (possibly DDP-wrapped) `ElboObjective`."""
     return getattr(objective, "module", objective).model
 
 
@@ -215,7 +216,7 @@ class _StateView:
 class _TrainingState:
     """What a pre-training run updates: the (possibly wrapped) objective, optimiser, schedule, skip guard."""
 
-    model: DiT  # the unwrapped teacher (its parameters are the ones clipped and stepped)
+    model: MaskedDiffusionTeacher  # the unwrapped teacher (its parameters are the ones clipped and stepped)
     objective: nn.Module  # ElboObjective, or its DDP/FSDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -242,7 +243,7 @@ class _TrainingState:
             keep=config.keep_checkpoints))
 
 
-def _start_training(config: PretrainConfig, model: DiT, out_dir: Path, resume: bool, ctx: DistContext) -> _TrainingState:
+def _start_training(config: PretrainConfig, model: MaskedDiffusionTeacher, out_dir: Path, resume: bool, ctx: DistContext) -> _TrainingState:
     """Optimiser, schedule and guard for ``model`` (loaded from OUT/checkpoint on resume), wrapped for ``ctx``."""
     mode = parallel_mode(config, ctx)
     autocast_dtype = torch.bfloat16 if config.precision == "bfloat16" else None
@@ -285,7 +286,7 @@ def pretrain(
     run_settings: RunSettings | None = None,
     ctx: DistContext | None = None,
 ) -> Path:
-    """Train a DiT teacher on ``train`` blocks [N, L]; return the saved model directory (OUT/model).
+    """Train a teacher (``config.backbone``, DiT by default) on ``train`` blocks [N, L]; return the saved model directory (OUT/model).
 
     Under torchrun (or with an explicit ``ctx``) the global batch ``config.batch_size`` is sharded
     over ranks (discdistill.distributed); rank 0 logs and writes. Results do not depend on the world

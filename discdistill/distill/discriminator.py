@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from discdistill.checkpoint import load_state_strict, load_weights_dir, save_weights_dir
-from discdistill.config import ModelConfig, build
+from discdistill.config import ModelConfig
 from discdistill.errors import CheckpointError
-from discdistill.interfaces import EmbeddingDiscriminator
+from discdistill.interfaces import Discriminator, EmbeddingDiscriminator
 
 DISC_WEIGHTS = "discriminator.safetensors"
 DISC_CONFIG = "discriminator.json"
@@ -70,16 +70,23 @@ class DiTDiscriminator(EmbeddingDiscriminator):
         return self.head(h).squeeze(-1).float()
 
 
-def save_discriminator(disc: DiTDiscriminator, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``directory`` atomically: safetensors weights + JSON config (checkpoint.save_weights_dir)."""
-    header = {"model_class": type(disc).__name__, "trunk_class": type(disc.trunk).__name__,
+def save_discriminator(disc: Discriminator, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``directory`` atomically: safetensors weights + JSON config (checkpoint.save_weights_dir). The
+    header names the backbone whose discriminator it is, so `load_discriminator` rebuilds any of them."""
+    header = {"model_class": type(disc).__name__, "backbone": _backbone_name(disc.config),
               "model": disc.config.model_dump(), "trainable_blocks": disc.trainable_blocks, "extra": extra or {}}
     return save_weights_dir(directory, disc.state_dict(), header, config_name=DISC_CONFIG, weights_name=DISC_WEIGHTS)
 
 
-def load_discriminator(directory: str | Path, map_location: str | torch.device = "cpu") -> DiTDiscriminator:
+def _backbone_name(config: Any) -> str:
+    from discdistill import plugins
+
+    return next(b.name for b in plugins.registry().backbones.values() if isinstance(config, b.config_class))
+
+
+def load_discriminator(directory: str | Path, map_location: str | torch.device = "cpu") -> Discriminator:
     """Rebuild the discriminator written by `save_discriminator` (files verified, strict weight match)."""
-    from discdistill.models import DiT  # local import: models may import distill helpers later
+    from discdistill.backbones import backbone_named, build_discriminator
 
     directory = Path(directory)
     if not (directory / DISC_CONFIG).is_file():
@@ -87,7 +94,8 @@ def load_discriminator(directory: str | Path, map_location: str | torch.device =
                               "give a distillation run directory or its discriminator/ folder")
     meta, state = load_weights_dir(directory, config_name=DISC_CONFIG, weights_name=DISC_WEIGHTS,
                                    what="discriminator")
+    backbone = backbone_named(meta.get("backbone", "DiT"))  # files before the field held DiT discriminators
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG alone
-        disc = DiTDiscriminator(DiT(build(ModelConfig, meta["model"])), trainable_blocks=meta["trainable_blocks"])
+        disc = build_discriminator(backbone.build(meta["model"]), meta["trainable_blocks"])
     load_state_strict(disc, state, directory)
     return disc.to(map_location)

@@ -30,7 +30,7 @@ import torch
 
 from discdistill.diffusion import subs_log_probs
 from discdistill.distill.config import RGASConfig
-from discdistill.distill.discriminator import DISC_CONFIG, DiTDiscriminator, load_discriminator
+from discdistill.distill.discriminator import DISC_CONFIG, load_discriminator
 from discdistill.errors import CheckpointError
 from discdistill.interfaces import Discriminator, EmbeddingDiscriminator
 from discdistill.sampling import StepContext, ancestral_step, sample_categorical
@@ -142,7 +142,7 @@ def load_rgas(student_dir_or_run_dir: str | Path, config: RGASConfig | None = No
     path = Path(student_dir_or_run_dir)
     for candidate in (path, path / "discriminator", path.parent / "discriminator"):
         if (candidate / DISC_CONFIG).is_file():
-            disc: DiTDiscriminator = load_discriminator(candidate, map_location)
+            disc = load_discriminator(candidate, map_location)
             return RGAS(disc, config)
     raise CheckpointError(f"no discriminator found for {path}: RGAS needs the discriminator/ folder that "
                           "`discdistill distill` writes beside student/; give the run directory")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from discdistill.interfaces import MaskedDiffusionTeacher
 from discdistill.diffusion import LogLinearSchedule, NEG_INF
 from discdistill.sampling import Precision, sample_bernoulli, sample_categorical
 
@@ -73,10 +74,10 @@ def masked_log_probs(model: Denoise, z: torch.Tensor, sigma: torch.Tensor, maske
                      mask_id: int) -> torch.Tensor:
     """SUBS log p(x_0 | z) at the masked positions only: [n, V] float32 (mask column -inf).
 
-    Uses ``model.logits_at`` when the network has it (the DiT does), else slices the full output.
+    Uses ``model.logits_at`` for a `MaskedDiffusionTeacher` (the DiT skips the other positions), else
+    slices the full output of a plain callable.
     """
-    logits_at = getattr(model, "logits_at", None)
-    logits = logits_at(z, sigma, masked) if logits_at is not None else model(z, sigma)[masked]
+    logits = model.logits_at(z, sigma, masked) if isinstance(model, MaskedDiffusionTeacher) else model(z, sigma)[masked]
     mask_column = torch.tensor([mask_id], device=logits.device)
     return logits.float().index_fill(-1, mask_column, NEG_INF).log_softmax(-1)
 

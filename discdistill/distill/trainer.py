@@ -49,7 +49,8 @@ from discdistill.checkpoint import (
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
-from discdistill.distill.discriminator import DiTDiscriminator, save_discriminator
+from discdistill.backbones import build_discriminator
+from discdistill.distill.discriminator import save_discriminator
 from discdistill.distill.losses import (
     advantages,
     beta_density,
@@ -132,7 +133,7 @@ class DistillTrainer:
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
         with seeded(config.seed, self.device):  # the head's weights and spectral-norm vectors
-            self.disc = DiTDiscriminator(self.teacher, config.disc_blocks).to(self.device).train()
+            self.disc = build_discriminator(self.teacher, config.disc_blocks).to(self.device).train()
         self.objective = make_objective(config.disc_objective, config.reward_reduce)
 
         self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)

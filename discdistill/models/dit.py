@@ -24,11 +24,18 @@ from torch import nn
 from discdistill.config import ModelConfig
 from discdistill.errors import ModelMismatchError
 from discdistill.interfaces import MaskedDiffusionTeacher
-from discdistill.models.layers import DiTBlock, FinalLayer, TimestepEmbedder, TokenEmbedding, no_autocast
+from discdistill.models.layers import (
+    DiTBlock,
+    FinalLayer,
+    TimestepEmbedder,
+    TokenEmbedding,
+    no_autocast,
+)
 from discdistill.models.rotary import Rotary
+from discdistill.models.sizes import SizesFromConfig
 
 
-class DiT(MaskedDiffusionTeacher):
+class DiT(SizesFromConfig, MaskedDiffusionTeacher):
     """MDLM-compatible diffusion transformer; teacher, student and discriminator trunk share it."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -44,18 +51,6 @@ class DiT(MaskedDiffusionTeacher):
             for _ in range(config.n_blocks)
         )
         self.output_layer = FinalLayer(hidden, config.vocab_size, cond)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
-    def mask_id(self) -> int:
-        return self.config.mask_id
 
     def features(self, z: torch.Tensor, sigma: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """The trunk: final hidden states h [B, L, hidden] (before the output layer) and the condition c [B, cond_dim].
