@@ -188,7 +188,7 @@ def test_one_iteration_metrics_and_layout(tmp_path):
 
 
 def _params(trainer):
-    return {f"{name}.{k}": v.clone() for name, module in (("s", trainer.student), ("e", trainer.ema),
+    return {f"{name}.{k}": v.clone() for name, module in (("s", trainer.student.network), ("e", trainer.student.ema),
                                                            ("d", trainer.disc))
             for k, v in module.state_dict().items()}
 
@@ -319,3 +319,23 @@ def test_group_common_noise_shares_tau_unmasking_and_corruption(tmp_path):
     assert torch.equal(hidden, hidden[:, :1].expand(4, 4, L))
     assert 0 < float(hidden.float().mean()) < 1
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.step().values() if isinstance(v, float))
+
+
+def test_the_ema_student_trains_its_network_and_averages_into_its_copy():
+    from discdistill.distill.student import EMAStudent
+
+    student = EMAStudent(small_dit(V, MASK, L, seed=3))
+    student.train()
+    assert student.network.training and not student.ema.training  # train() never touches the EMA's mode
+    assert all(p.requires_grad for p in student.network.parameters())
+    assert not any(p.requires_grad for p in student.ema.parameters())
+    before = [p.clone() for p in student.ema.parameters()]
+    with torch.no_grad():
+        for p in student.network.parameters():
+            p.add_(1.0)
+    student.update_ema(0.75)  # ema <- 0.75 ema + 0.25 (ema + 1) = ema + 0.25
+    for old, new in zip(before, student.ema.parameters()):
+        torch.testing.assert_close(new, old + 0.25)
+    z = torch.full((2, L), MASK)
+    assert torch.equal(student(z, torch.zeros(2)), student.network(z, torch.zeros(2)))
+    assert student.ema_model() is student.ema and student.vocab_size == V and student.mask_id == MASK

@@ -9,7 +9,11 @@ resume), `rgas` (reward-guided ancestral sampling).
 """
 
 from discdistill.distill.config import DistillConfig, RGASConfig, ablation_ladder
-from discdistill.distill.discriminator import DiTDiscriminator, load_discriminator, save_discriminator
+from discdistill.distill.discriminator import (
+    DiTDiscriminator,
+    load_discriminator,
+    save_discriminator,
+)
 from discdistill.distill.rgas import RGAS, load_rgas
 from discdistill.distill.rollout import Rollout, student_rollout
 from discdistill.distill.trainer import DistillTrainer, distill

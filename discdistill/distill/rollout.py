@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from discdistill.diffusion import NEG_INF, LogLinearSchedule
 from discdistill.interfaces import MaskedDiffusionTeacher
-from discdistill.diffusion import LogLinearSchedule, NEG_INF
 from discdistill.sampling import Precision, sample_bernoulli, sample_categorical
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

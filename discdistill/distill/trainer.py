@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from discdistill.backbones import build_discriminator
 from discdistill.checkpoint import (
     load_latest_training_state,
     load_pretrained,
@@ -49,7 +50,6 @@ from discdistill.checkpoint import (
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
-from discdistill.backbones import build_discriminator
 from discdistill.distill.discriminator import save_discriminator
 from discdistill.distill.losses import (
     advantages,
@@ -61,13 +61,22 @@ from discdistill.distill.losses import (
     student_policy_loss,
 )
 from discdistill.distill.objectives import make_objective
-from discdistill.distill.rollout import Rollout, masked_log_probs, sample_tau, student_rollout
-from discdistill.errors import DataError, ModelMismatchError
-from discdistill.optim import clip_grad_norm_finite_, ema_update_, make_adamw, warmup_linear_decay
-from discdistill.rundir import RunDirectory
-from discdistill.run_settings import RunSettings, run_settings_of
-from discdistill.sampling import sample
+from discdistill.distill.rollout import (
+    Rollout,
+    masked_log_probs,
+    sample_tau,
+    student_rollout,
+)
+from discdistill.distill.student import EMAStudent
 from discdistill.distributed import init_distributed, world_from_env
+from discdistill.errors import DataError, ModelMismatchError
+from discdistill.optim import (
+    clip_grad_norm_finite_,
+    make_adamw,
+    warmup_linear_decay,
+)
+from discdistill.run_settings import RunSettings, run_settings_of
+from discdistill.rundir import RunDirectory
 from discdistill.runtime import (
     MetricsLog,
     NonfiniteGuard,
@@ -76,6 +85,7 @@ from discdistill.runtime import (
     check_resumable,
     seeded,
 )
+from discdistill.sampling import sample
 
 STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
 DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)
@@ -130,13 +140,12 @@ class DistillTrainer:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.mask_id = int(teacher.mask_id)
         self.seq_len, self.train_data = self._check_data(train_data)
-        self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
-        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.student = EMAStudent(copy.deepcopy(self.teacher))  # DiDi-Instruct starts the student at the teacher
         with seeded(config.seed, self.device):  # the head's weights and spectral-norm vectors
             self.disc = build_discriminator(self.teacher, config.disc_blocks).to(self.device).train()
         self.objective = make_objective(config.disc_objective, config.reward_reduce)
 
-        self.opt_student = make_adamw(self.student.parameters(), config.student_lr, config.betas, config.weight_decay)
+        self.opt_student = make_adamw(self.student.network.parameters(), config.student_lr, config.betas, config.weight_decay)
         self.opt_disc = make_adamw(self.disc.parameters(), config.disc_lr, config.betas, config.weight_decay)
         self.sched_student = warmup_linear_decay(self.opt_student, config.warmup_steps, config.iterations)
         disc_warmup = config.warmup_steps if config.disc_warmup_steps is None else config.disc_warmup_steps
@@ -256,14 +265,14 @@ class DistillTrainer:
         loss = loss_pg + c.kl_weight * loss_kl - c.entropy_weight * entropy
         self.opt_student.zero_grad(set_to_none=True)
         loss.backward()
-        self.ctx.average_gradients(self.student.parameters())
-        grads_student = clip_grad_norm_finite_(self.student.parameters(), c.student_grad_clip)
+        self.ctx.average_gradients(self.student.network.parameters())
+        grads_student = clip_grad_norm_finite_(self.student.network.parameters(), c.student_grad_clip)
         if self._finite(loss):  # a non-finite loss is skipped (counted by the run loop)
             self.opt_student.step()
         self.sched_student.step()
 
         # 7. EMA
-        ema_update_(self.ema, self.student, c.ema_decay)
+        self.student.update_ema(c.ema_decay)
         self.iteration += 1
         return {
             "step": self.iteration,
@@ -363,7 +372,7 @@ class DistillTrainer:
 
     # ------------------------------------------------------------------ persistence
     def _modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "ema": self.ema, "discriminator": self.disc}
+        return {"student": self.student.network, "ema": self.student.ema_model(), "discriminator": self.disc}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.opt_student, "discriminator": self.opt_disc}
@@ -389,7 +398,7 @@ class DistillTrainer:
                             meta={"iteration": self.iteration, "config": config, "teacher": self.teacher_path,
                                   "generator": generators[0], "generators": generators, **self.guard.state()},
                             keep=self.config.keep_checkpoints)
-        return save_pretrained(self.ema, self.out_dir / STUDENT_DIR, extra=extra, run=self.run_settings)
+        return save_pretrained(self.student.ema_model(), self.out_dir / STUDENT_DIR, extra=extra, run=self.run_settings)
 
     def load(self) -> None:
         """Restore the state saved in OUT/state (the run must have the same configuration)."""
