@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -83,6 +83,7 @@ class StepContext:
     generator: torch.Generator | None
 
 
+@runtime_checkable
 class FeatureDenoiser(Protocol):
     """A denoiser split in two (the DiT is one): trunk features, then the output layer at chosen positions.
 
@@ -245,8 +246,7 @@ def _initial_state(num_samples: int, seq_len: int, mask_id: int, z_init: torch.T
 def _can_sample_sparse(denoiser: Denoise, z: torch.Tensor, step_rule: StepRule, precision: Precision) -> bool:
     """The sparse path: CPU, plain ancestral steps, float64 draws, a denoiser split in two."""
     return (z.device.type == "cpu" and step_rule is ancestral_step and precision == "float64"
-            and callable(getattr(denoiser, "features", None))
-            and callable(getattr(denoiser, "logits_from_features", None)))
+            and isinstance(denoiser, FeatureDenoiser))
 
 
 def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, mask_id: int,
