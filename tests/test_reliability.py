@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from discdistill.checkpoint import load_pretrained, save_pretrained
-from discdistill.errors import CorruptCheckpointError
+from discdistill.errors import CorruptCheckpointError, RunInUseError
 from discdistill.rundir import RunDirectory, RunLock
 from tests.conftest import run_cli as run
 from tests.conftest import small_dit
@@ -161,7 +161,7 @@ def test_the_lock_is_exclusive_within_a_process_and_released(tmp_path):
     first = RunLock(tmp_path / "r")
     first.acquire()
     assert (tmp_path / "r" / ".lock").read_text() == f"{os.getpid()}\n"
-    with pytest.raises(Exception, match="is in use by another discdistill process"):
+    with pytest.raises(RunInUseError, match="is in use by another discdistill process"):
         RunLock(tmp_path / "r").acquire()
     first.release()
     assert not (tmp_path / "r").exists()  # it made the directory and nothing was written: gone again
@@ -333,7 +333,7 @@ def test_malformed_input_gives_one_line_a_non_zero_exit_and_no_output(toy_plugin
     one_line_error(code, err)
     assert message in err, err
     assert not out.exists() and not (bad_files["blocker"].parent / "run").exists()
-    assert not list(tmp_path.glob(".*.tmp")) and not list(counting_model.iterdir())[0].name.startswith("samples")
+    assert not list(tmp_path.glob(".*.tmp")) and not any(p.name.startswith("samples") for p in counting_model.iterdir())
 
 
 def test_library_runs_leave_the_callers_random_state_alone(toy_plugin, tmp_path, capsys):

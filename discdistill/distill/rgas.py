@@ -99,7 +99,8 @@ class RGAS:
         """
         embedding = self.disc.input_embedding.detach().float()
         with torch.no_grad():
-            l = logits.detach().float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+            l = logits.detach().to(torch.float32, copy=True)  # a copy: the caller's logits stay intact
+            l[..., mask_id] = float("-inf")  # a Python index: no host-to-device tensor in the sampling loop
             p = torch.softmax(l, dim=-1)
             x = torch.where(masked.unsqueeze(-1), p @ embedding, embedding[z])
         with torch.enable_grad():

@@ -29,7 +29,7 @@ from discdistill import plugins
 from discdistill.errors import DataError
 from discdistill.interfaces import Domain, MaskedDiffusionTeacher
 from discdistill.runtime import resolve_device
-from discdistill.run_settings import run_settings_of
+from discdistill.run_settings import RunSettings, run_settings_of
 from discdistill.workflows import generate, load_denoiser
 
 
@@ -56,11 +56,10 @@ def _bar(desc: str, total: int | None, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeacher, saved: dict, config: EvalConfig,
-                   device: torch.device, *, progress: bool = True) -> tuple[int, Iterator[SampleSet]]:
+def generated_sets(domain: Domain, checkpoint: Path, model: MaskedDiffusionTeacher, run: RunSettings,
+                   config: EvalConfig, device: torch.device, *, progress: bool = True) -> tuple[int, Iterator[SampleSet]]:
     """The sample length, and one timed sample set per step count of ``config.steps`` (same seed each), from
-    ``model`` (loaded from ``checkpoint``, whose saved config is ``saved``; RGAS reads its discriminator there)."""
-    run = run_settings_of(saved)
+    ``model`` (loaded from ``checkpoint``, whose run settings are ``run``; RGAS reads its discriminator there)."""
     sampler = plugins.get_sampler(config.sampler, config.sampler_settings)
     step_rule = sampler.step_rule(checkpoint, device)
     batches = -(-config.num_samples // config.batch_size)
@@ -116,9 +115,8 @@ def score_set(sample_set: SampleSet, domain: Domain, judge: Judge | None, refere
     return row
 
 
-def checkpoint_elbo(model: MaskedDiffusionTeacher, saved: dict, blocks: torch.Tensor, batch_size: int) -> float:
+def checkpoint_elbo(model: MaskedDiffusionTeacher, run: RunSettings, blocks: torch.Tensor, batch_size: int) -> float:
     """A loaded checkpoint's held-out ELBO bound (nats per token) on ``blocks``, with its own run settings."""
-    run = run_settings_of(saved)
     return elbo_nll(model, blocks, time_conditioned=run.time_conditioned, batch_size=batch_size, eps=run.schedule.eps)
 
 
@@ -144,11 +142,11 @@ def evaluate(domain: Domain, config: EvalConfig, *, checkpoint: str | Path | Non
     else:
         model, saved = load_denoiser(checkpoint, domain, device)
         run = run_settings_of(saved)
-        seq_len, sets = generated_sets(domain, Path(checkpoint), model, saved, config, device, progress=progress)
+        seq_len, sets = generated_sets(domain, Path(checkpoint), model, run, config, device, progress=progress)
     reference = domain.dataset("validation", seq_len, config.data)
     elbo = None
     if checkpoint is not None and config.elbo_blocks > 0:
-        elbo = checkpoint_elbo(model, saved, reference[:config.elbo_blocks], config.batch_size)
+        elbo = checkpoint_elbo(model, run, reference[:config.elbo_blocks], config.batch_size)
     rows = []
     for sample_set in sets:
         if out_dir is not None and sample_set.seconds is not None:
