@@ -12,10 +12,11 @@ from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
 from discdistill.distill.discriminator import DiTDiscriminator, load_discriminator, save_discriminator
 from discdistill.distill.losses import discriminator_accuracy, discriminator_loss
-from discdistill.distill.rollout import sample_tau, student_rollout
+from discdistill.distill.rollout import grid_rollout, sample_tau, student_rollout
 from discdistill.distill.trainer import DistillTrainer, distill
 from discdistill.errors import ConfigError, DataError
 from discdistill.models import DiT
+from discdistill.sampling import sample
 from tests.conftest import small_dit
 
 V, L, MASK = 6, 8, 5
@@ -77,6 +78,73 @@ def test_rollout_unmask_fraction_follows_tau():
     assert frac == pytest.approx(expected, abs=0.01)
     one = student_rollout(model, tau[:8], seq_len=L, mask_id=MASK, two_step=False, generator=gen)
     assert one.z_tau is None and one.lp2 is None and not bool((one.x_fake == MASK).any())
+
+
+class PairTable(torch.nn.Module):
+    """L = 2, V = 3 (+ mask 3): position i's logits are a row of a fixed table chosen by the other position's id,
+    so the joint law of a K-step sampler depends on K (which positions are drawn together)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(
+            [[3.0, 0.0, -2.0, 0.0], [-2.0, 2.5, 0.0, 0.0], [0.0, -1.0, 2.0, 0.0], [0.5, 0.0, -0.5, 0.0]]))
+
+    def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.table[z.flip(-1)]
+
+
+def joint_histogram(x: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(x[:, 0] * 3 + x[:, 1], minlength=9).double() / x.shape[0]
+
+
+def test_grid_rollout_draws_the_k_step_sampler_law_with_exact_log_probs():
+    model, n, mask = PairTable(), 40_000, 3
+    for steps in (1, 3):
+        gen = torch.Generator().manual_seed(steps)
+        with torch.no_grad():
+            r = grid_rollout(model, torch.full((n,), 0.5), steps=steps, seq_len=2, mask_id=mask, generator=gen)
+            reference = sample(model, num_samples=n, seq_len=2, steps=steps, mask_id=mask,
+                               generator=torch.Generator().manual_seed(10 + steps)).ids
+        assert len(r.steps) == steps and not bool((r.x_fake == mask).any())
+        # the same law as the sampler at the same step count (SE of each cell <= 0.0025)
+        assert (joint_histogram(r.x_fake) - joint_histogram(reference)).abs().max() < 0.012
+        # each step's time is the sampler's grid point, and its log-prob the table's log-softmax at the tokens drawn
+        assert torch.allclose(r.steps[-1].t, torch.linspace(1.0, 1e-5, steps + 1, dtype=torch.float64)[-2].expand(n))
+        expected = torch.zeros(n, dtype=torch.float64)
+        for step in r.steps:
+            log_p = model.table.detach().double()[step.state.flip(-1)]
+            log_p[..., mask] = -float("inf")
+            log_p = log_p.log_softmax(-1).gather(-1, step.next_state.clamp(max=2).unsqueeze(-1)).squeeze(-1)
+            expected += torch.where(step.unmasked, log_p, torch.zeros_like(log_p)).sum(-1)
+        assert torch.allclose(r.log_prob.double(), expected, atol=1e-5)
+    # one step draws the positions independently; three steps draw them (mostly) in turn: the laws differ
+    one = grid_rollout(model, torch.full((n,), 0.5), steps=1, seq_len=2, mask_id=mask,
+                       generator=torch.Generator().manual_seed(0)).x_fake
+    assert (joint_histogram(one) - joint_histogram(r.x_fake)).abs().max() > 0.05
+    grid_rollout(model, torch.full((4,), 0.5), steps=3, seq_len=2, mask_id=mask).log_prob.sum().backward()
+    assert model.table.grad is not None and model.table.grad.abs().sum() > 0
+
+
+def test_rollout_steps_trains_through_the_k_step_rollout_and_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="leave two_step at true"):
+        DistillConfig(rollout_steps=4, two_step=False)
+    data = torch.randint(0, MASK, (8, L))
+
+    def one_iteration(tmp, **overrides):
+        """(metrics, the states the student's rollout passes were given)."""
+        trainer = DistillTrainer(tiny_config(kl_weight=0.1, **overrides), tiny_dit(), data, tmp, progress=False)
+        calls, logits_at = [], trainer.student.network.logits_at
+        trainer.student.network.logits_at = lambda z, sigma, where: calls.append(z.clone()) or logits_at(z, sigma, where)
+        return trainer.step(), calls
+
+    metrics, states = one_iteration(tmp_path / "grid", rollout_steps=3)
+    # the student starts as a copy of the teacher: the KL over the three states is 0
+    assert torch.isfinite(torch.tensor(metrics["loss_student"])) and metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+    # three student passes, from the all-mask state, each on fewer masked positions than the one before
+    masked = [int((z == MASK).sum()) for z in states]
+    assert len(states) == 3 and masked[0] == 8 * L and masked[0] >= masked[1] >= masked[2] > 0
+    _, two = one_iteration(tmp_path / "two")
+    assert len(two) == 2
 
 
 def test_discriminator_structure_and_save_load(tmp_path):

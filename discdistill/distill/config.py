@@ -21,6 +21,11 @@ class DistillConfig(StrictModel):
     two_step: bool = Field(
         True, description="Intermediate-state decomposition: roll out 1 -> tau -> 0 (two ancestral steps, "
         "log p = lp1 + lp2). Off: one step 1 -> 0 that fills every position from the all-mask state.")
+    rollout_steps: int | None = Field(
+        None, ge=1, description="K: roll out the student's own K-step sampler instead (K ancestral steps on the "
+        "sampling grid, log p = sum of the K steps' log-probs; tau is then only the discriminator's corruption "
+        "time), so the policy gradient optimises the sampler the student is used with. None: two_step decides. "
+        "Costs K student forward/backward passes an iteration (two_step: 2).")
     time_conditioned: bool | None = Field(
         None, description="Pass sigma_t to student and teacher. None: as the teacher was trained (its saved run "
         "settings; MDLM-style teachers are time-unconditioned: sigma = 0).")
@@ -127,6 +132,9 @@ class DistillConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
+        if self.rollout_steps is not None and not self.two_step:
+            raise ValueError("rollout_steps sets the rollout's steps itself; leave two_step at true with it "
+                             "(two_step=false is the one-step rollout, rollout_steps=1)")
         if self.tau_min >= self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must be < tau_max ({self.tau_max})")
         if self.reward_time_range is not None and not 0 < self.reward_time_range[0] < self.reward_time_range[1] < 1:

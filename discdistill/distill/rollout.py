@@ -4,6 +4,12 @@
     step 2: z_tau           --(t = tau -> 0)-->  x_fake    lp2 = sum_{j unmasked by step 2} log p_nu(x_j | z_tau)
     log p_nu(x_fake) ~ lp1 + lp2
 
+or, with ``steps = K`` (`grid_rollout`), the student's own K-step sampler: K ancestral steps on the
+sampling grid linspace(1, t_min, K + 1) whose last step removes all noise, log p_nu = sum_k lp_k. That
+draws x_fake from exactly the law `discdistill.sampling.sample(..., steps=K)` samples, so the policy
+gradient optimises the sampler the student will be used with (the two-step rollout optimises a
+2-step sampler and relies on it transferring to K steps).
+
 Decisions:
 * One forward pass *with* gradients per step; tokens are sampled from its detached output and the
   same output gives the step's log-prob (the reference code runs a second forward for the log-prob).
@@ -31,7 +37,7 @@ import torch
 
 from discdistill.diffusion import NEG_INF, LogLinearSchedule
 from discdistill.interfaces import MaskedDiffusionTeacher
-from discdistill.sampling import Precision, sample_bernoulli, sample_categorical
+from discdistill.sampling import Precision, sample_bernoulli, sample_categorical, time_grid
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,6 +45,7 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class RolloutStep:
     state: torch.Tensor  # [N, L] ids the step started from
+    t: torch.Tensor  # [N] float64 time of `state` (its sigma is the denoiser's input when time-conditioned)
     masked: torch.Tensor  # [N, L] bool: positions masked in `state`
     log_probs: torch.Tensor  # [n, V] SUBS log p_nu(x_0 | state) at the n masked positions (row-major), with grad
     unmasked: torch.Tensor  # [N, L] bool: positions the step unmasked
@@ -49,8 +56,8 @@ class RolloutStep:
 @dataclass
 class Rollout:
     x_fake: torch.Tensor  # [N, L] clean student samples (detached ids)
-    tau: torch.Tensor  # [N] the intermediate times
-    steps: list[RolloutStep]  # one (two_step=False) or two entries
+    tau: torch.Tensor  # [N] the intermediate times (a grid rollout: only the discriminator's corruption time)
+    steps: list[RolloutStep]  # one (two_step=False), two (through tau) or K entries (grid rollout)
 
     @property
     def z_tau(self) -> torch.Tensor | None:
@@ -66,7 +73,7 @@ class Rollout:
 
     @property
     def log_prob(self) -> torch.Tensor:
-        """log p_nu(x_fake) ~ lp1 + lp2 [N]."""
+        """log p_nu(x_fake) ~ sum over steps of lp_k [N]."""
         return sum(step.log_prob for step in self.steps)  # type: ignore[return-value]
 
 
@@ -88,13 +95,15 @@ def _as_rows(value: torch.Tensor | float, n: int, device: torch.device) -> torch
 
 def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float, alpha_s: torch.Tensor | float,
                  sigma: torch.Tensor, mask_id: int, precision: Precision = "float64",
-                 generator: torch.Generator | None = None, shared_rows: int = 1) -> RolloutStep:
+                 generator: torch.Generator | None = None, shared_rows: int = 1,
+                 t: torch.Tensor | float = 1.0) -> RolloutStep:
     """One ancestral step t -> s with a differentiable log-prob of the positions it unmasks.
 
     At a masked position: unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), then
     x ~ p_nu(x_0 | z). ``alpha_*`` are scalars or per row [N]. ``shared_rows`` = G > 1: blocks of G
     consecutive rows draw their unmasking uniforms together (common random numbers): rows of a block
-    that start from the same mask pattern at the same times unmask the same positions.
+    that start from the same mask pattern at the same times unmask the same positions. ``t``: the
+    time of ``z`` (scalar or [N]), recorded in the step.
     """
     n = z.shape[0]
     alpha_t = _as_rows(alpha_t, n, z.device)
@@ -122,8 +131,8 @@ def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float,
     chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     chosen = torch.where(chosen_mask, chosen, torch.zeros_like(chosen))
     log_prob = torch.zeros(n, dtype=chosen.dtype, device=z.device).index_add(0, rows, chosen)
-    return RolloutStep(state=z, masked=masked, log_probs=log_probs, unmasked=unmasked, log_prob=log_prob,
-                       next_state=next_state)
+    return RolloutStep(state=z, t=_as_rows(t, n, z.device), masked=masked, log_probs=log_probs, unmasked=unmasked,
+                       log_prob=log_prob, next_state=next_state)
 
 
 def sample_tau(n: int, a: float, b: float, low: float, high: float, generator: torch.Generator | None = None,
@@ -159,10 +168,36 @@ def student_rollout(model: Denoise, tau: torch.Tensor, *, seq_len: int, mask_id:
         return schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
 
     if not two_step:
-        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator, shared_rows)
+        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator, shared_rows, one)
         return Rollout(x_fake=step.next_state, tau=tau, steps=[step])
     alpha_tau = schedule.alpha(tau64)
-    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator, shared_rows)
+    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator, shared_rows, one)
     second = rollout_step(model, first.next_state, alpha_tau, one, sigma_at(tau64), mask_id, precision, generator,
-                          shared_rows)
+                          shared_rows, tau64)
     return Rollout(x_fake=second.next_state, tau=tau, steps=[first, second])
+
+
+def grid_rollout(model: Denoise, tau: torch.Tensor, *, steps: int, seq_len: int, mask_id: int,
+                 schedule: LogLinearSchedule = LogLinearSchedule(), time_conditioned: bool = False,
+                 t_min: float = 1e-5, precision: Precision = "float64", generator: torch.Generator | None = None,
+                 shared_rows: int = 1) -> Rollout:
+    """``steps`` ancestral steps of ``model`` on the sampler's grid, each with a differentiable log-prob.
+
+    The same law as ``sample(model, steps=steps, t_min=t_min)`` (grid linspace(1, t_min, K + 1), last
+    alpha = 1): x_fake is a draw of the K-step sampler the student is evaluated with. ``tau`` is carried
+    for the discriminator's corruption time only.
+    """
+    assert steps >= 1
+    n, device = tau.shape[0], tau.device
+    grid = time_grid(steps, t_min, device)
+    alphas = schedule.alpha(grid)
+    alphas[-1] = 1.0
+    z = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
+    taken = []
+    for k in range(steps):
+        t = grid[k].expand(n)
+        sigma = schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
+        taken.append(rollout_step(model, z, alphas[k], alphas[k + 1], sigma, mask_id, precision, generator,
+                                  shared_rows, t))
+        z = taken[-1].next_state
+    return Rollout(x_fake=z, tau=tau, steps=taken)

@@ -3,6 +3,7 @@
 One iteration, for ``batch_rows`` data rows and G student samples per row (N = rows * G):
 
     1. rollout:        x_fake, lp1 + lp2 = student 1 -> tau -> 0 from all-mask          (rollout.py)
+                       (rollout_steps = K: the student's K-step sampler, sum of K log-probs)
     2. corruption:     z_real, z_fake ~ q(. | x) at t = tau (coupled) or an independent t
     3. discriminator:  disc_steps AdamW steps on the smoothed per-token BCE (1: method)   (losses.py)
     4. rewards:        r_i = mean_{masked} clamp(logit, -8, 8) after the step, no grad, float32
@@ -63,6 +64,7 @@ from discdistill.distill.losses import (
 from discdistill.distill.objectives import make_objective
 from discdistill.distill.rollout import (
     Rollout,
+    grid_rollout,
     masked_log_probs,
     sample_tau,
     student_rollout,
@@ -226,10 +228,16 @@ class DistillTrainer:
         # 1. rollout (with gradients into the student)
         self.student.train()
         with self._autocast():
-            rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
-                                      schedule=self.schedule, two_step=c.two_step,
-                                      time_conditioned=self.time_conditioned, precision=c.precision,
-                                      generator=self.generator, shared_rows=self._shared_rows)
+            if c.rollout_steps is None:
+                rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
+                                          schedule=self.schedule, two_step=c.two_step,
+                                          time_conditioned=self.time_conditioned, precision=c.precision,
+                                          generator=self.generator, shared_rows=self._shared_rows)
+            else:
+                rollout = grid_rollout(self.student, tau, steps=c.rollout_steps, seq_len=self.seq_len,
+                                       mask_id=self.mask_id, schedule=self.schedule,
+                                       time_conditioned=self.time_conditioned, precision=c.precision,
+                                       generator=self.generator, shared_rows=self._shared_rows)
         x_fake = rollout.x_fake
 
         # 2. corruption at t (coupled: the rollout's tau)
@@ -361,11 +369,9 @@ class DistillTrainer:
         for step in rollout.steps:
             entropies.append(masked_entropy(step.log_probs, None))  # rows = masked positions of the state
             if c.kl_weight > 0:
-                n = step.state.shape[0]
-                sigma = (self._sigma(torch.ones(n, device=self.device)) if step is rollout.steps[0]
-                         else self._sigma(rollout.tau))
                 with torch.no_grad(), self._autocast():
-                    teacher_lp = masked_log_probs(self.teacher, step.state, sigma, step.masked, self.mask_id)
+                    teacher_lp = masked_log_probs(self.teacher, step.state, self._sigma(step.t), step.masked,
+                                                  self.mask_id)
                 terms = kl_terms(step.log_probs, teacher_lp, None, c.kl, c.jeffrey_beta)
                 kl, fwd, rev = kl + terms.value, fwd + terms.forward.detach(), rev + terms.reverse.detach()
         return kl, fwd, rev, torch.stack(entropies).mean()
