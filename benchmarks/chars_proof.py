@@ -1,20 +1,26 @@
 """Does the student close the teacher's step gap on real text? The chars domain's proof table.
 
 Rows (each over ``--seeds`` sampling seeds, ``--samples`` samples per seed, L = 256, ancestral sampling,
-float64 categorical draws, no logits cache):
+float64 categorical draws; rows of more than 64 steps draw ``--samples-many`` samples a seed and use
+the logits cache, exact for the shipped time-unconditioned teacher: a row whose state did not change
+reuses its logits, so the draws have the same law):
 
-* teacher@8, teacher@256: the few-step failure and the many-step quality the student should reach;
-* teacher@32: the teacher at a step count costing about what RGAS adds (optional, ``--with-32``);
+* teacher@S for each S of ``--teacher-steps`` (default 8 and 256): the few-step failure and the
+  many-step quality the student should reach; add the step count whose sampling time equals an RGAS
+  row's for the equal-cost comparison;
 * teacher@8 at temperature T: the cheap alternative, T chosen so that its character entropy matches
   the student's (logits / T; T found by 4 bisections in [0.7, 1] on seed 0);
 * student@8 (the EMA weights of a `discdistill train --domain chars` run).
 
 Per row: word validity, character entropy, distinct word 1/2-grams, mean word length (definitions in
 discdistill_text.wordstats), as mean +- sd over seeds, and the standard error of word validity over
-all inner words pooled; seconds per seed. Prints a markdown table, writes JSON.
+all inner words pooled; seconds per seed. With ``--judge smollm2``: the judge's NLL per token (mean
++- sd over seeds, and the standard error of the pooled ratio over all samples) and its perplexity
+exp(pooled NLL / tokens). ``--texts DIR`` keeps every row's samples (one jsonl per row, seed-tagged).
+Prints a markdown table, writes JSON.
 
     python benchmarks/chars_proof.py --teacher shipped:teacher --student shipped:student \\
-        --seeds 3 --samples 256 --samples-256 64 --out benchmarks/results/chars-proof.json
+        --seeds 3 --samples 256 --samples-many 256 --judge smollm2 --out benchmarks/results/chars-proof.json
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +41,8 @@ import torch
 from torch import nn
 
 from discdistill import load_pretrained, plugins, sample
+from discdistill.evaluation.baselines import TemperedDenoiser, matched_temperature
+from discdistill.evaluation.judges import Judge, load_judge
 from discdistill.sampling import StepRule, ancestral_step
 from discdistill.workflows import resolve_checkpoint, resolve_model_dir
 from discdistill_text.chars_domain import training_vocabulary
@@ -42,16 +51,8 @@ from discdistill_text.wordstats import inner_words, word_metrics
 SEQ_LEN = 256
 
 
-class Tempered(nn.Module):
-    """A denoiser whose logits are divided by T (T < 1 sharpens: the low-temperature baseline)."""
-
-    def __init__(self, model: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.model, self.temperature = model, temperature
-        self.vocab_size, self.mask_id, self.seq_len = model.vocab_size, model.mask_id, model.seq_len
-
-    def forward(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.model(z, sigma) / self.temperature
+#: Rows with more steps than this use the logits cache (one host sync a step; pays off when steps ~ L).
+CACHE_ABOVE_STEPS = 64
 
 
 def draw(model: nn.Module, steps: int, num: int, seed: int, batch: int,
@@ -61,23 +62,47 @@ def draw(model: nn.Module, steps: int, num: int, seed: int, batch: int,
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, num, batch):
         ids = sample(model, num_samples=min(batch, num - start), seq_len=SEQ_LEN, steps=steps, mask_id=model.mask_id,
-                     generator=generator, cache=False, step_rule=step_rule).ids
+                     generator=generator, cache=steps > CACHE_ABOVE_STEPS, step_rule=step_rule).ids
         texts += domain.decode_samples(ids)
     return texts, time.perf_counter() - tic
 
 
+def judge_metrics(judge: Judge, texts_by_seed: list[list[str]]) -> dict[str, float]:
+    """The judge's NLL per token: per seed (mean, sd), pooled over every sample (value, ratio SE), and PPL."""
+    scores = [judge.score(texts) for texts in texts_by_seed]
+    per_seed = [math.fsum(s.nll for s in seed) / sum(s.tokens for s in seed) for seed in scores]
+    pooled = [s for seed in scores for s in seed]
+    tokens = torch.tensor([float(s.tokens) for s in pooled], dtype=torch.float64)
+    nll = torch.tensor([s.nll for s in pooled], dtype=torch.float64)
+    ratio = float(nll.sum() / tokens.sum())
+    # standard error of a ratio of sums over independent samples (delta method)
+    se = float((nll - ratio * tokens).std() / (tokens.mean() * math.sqrt(len(pooled))))
+    return {"judge_nll": statistics.mean(per_seed), "judge_nll_sd": statistics.stdev(per_seed) if len(per_seed) > 1
+            else math.nan, "judge_nll_pooled": ratio, "judge_nll_se_pooled": se, "judge_ppl": math.exp(ratio),
+            "judge_tokens": int(tokens.sum())}
+
+
 def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int,
-        step_rule: StepRule = ancestral_step) -> dict[str, Any]:
+        step_rule: StepRule = ancestral_step, judge: Judge | None = None,
+        texts_dir: Path | None = None) -> dict[str, Any]:
     vocabulary = training_vocabulary(None)
-    per_seed, valid_flags, seconds, examples = [], [], [], []
+    per_seed, valid_flags, seconds, texts_by_seed = [], [], [], []
     for seed in range(seeds):
         texts, dt = draw(model, steps, num, seed, batch, step_rule)
         per_seed.append(word_metrics(texts, vocabulary))
         valid_flags += [w in vocabulary for t in texts for w in inner_words(t)]
         seconds.append(dt)
-        examples = examples or texts[:3]
+        texts_by_seed.append(texts)
     out: dict[str, Any] = {"name": name, "steps": steps, "seeds": seeds, "samples_per_seed": num,
-                           "seconds_per_seed": statistics.mean(seconds), "examples": examples}
+                           "seconds_per_seed": statistics.mean(seconds), "examples": texts_by_seed[0][:3],
+                           "logits_cache": steps > CACHE_ABOVE_STEPS}
+    if texts_dir is not None:
+        texts_dir.mkdir(parents=True, exist_ok=True)
+        with open(texts_dir / f"{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}.jsonl", "w") as f:
+            for seed, texts in enumerate(texts_by_seed):
+                f.writelines(json.dumps({"seed": seed, "text": t}) + "\n" for t in texts)
+    if judge is not None:
+        out.update(judge_metrics(judge, texts_by_seed))
     for key in per_seed[0]:
         values = [m[key] for m in per_seed]
         out[key] = statistics.mean(values)
@@ -85,33 +110,35 @@ def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: in
     p = sum(valid_flags) / len(valid_flags)
     out["word_validity_se_pooled"] = math.sqrt(p * (1 - p) / len(valid_flags))
     out["inner_words"] = len(valid_flags)
+    judged = f"  judge NLL {out['judge_nll_pooled']:.4f} (PPL {out['judge_ppl']:.1f})" if judge is not None else ""
     print(f"{name:<28} validity {out['word_validity']:.4f} +- {out['word_validity_sd']:.4f}  char H "
-          f"{out['char_entropy']:.4f}  distinct-2 {out['distinct_2']:.4f}  {out['seconds_per_seed']:.1f} s/seed",
+          f"{out['char_entropy']:.4f}  distinct-2 {out['distinct_2']:.4f}{judged}  {out['seconds_per_seed']:.1f} s/seed",
           flush=True)
     return out
 
 
-def matched_temperature(teacher: nn.Module, target_entropy: float, num: int, batch: int) -> float:
+def teacher_matched_temperature(teacher: nn.Module, target_entropy: float, num: int, batch: int) -> float:
     """T in [0.7, 1] whose teacher@8 character entropy (seed 0) is closest to ``target_entropy`` (4 bisections)."""
     vocabulary = training_vocabulary(None)
-    low, high = 0.7, 1.0
-    for _ in range(4):
-        mid = (low + high) / 2
-        texts, _ = draw(Tempered(teacher, mid), 8, num, 0, batch)
-        if word_metrics(texts, vocabulary)["char_entropy"] > target_entropy:
-            high = mid
-        else:
-            low = mid
-    return (low + high) / 2
+
+    def entropy_at(t: float) -> float:
+        return word_metrics(draw(TemperedDenoiser(teacher, t), 8, num, 0, batch)[0], vocabulary)["char_entropy"]
+
+    return matched_temperature(entropy_at, target_entropy, low=0.7, high=1.0, bisections=4)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| row | steps | word validity (mean +- sd over seeds; pooled SE) | char entropy | distinct-1 | distinct-2 | mean word length | s / seed |"
-    lines = [head, "|" + "---|" * 8]
+    judged = any("judge_nll" in r for r in rows)
+    head = ("| row | steps | word validity (mean +- sd over seeds; pooled SE) | char entropy | distinct-1 | distinct-2 "
+            "| mean word length |" + (" judge NLL / token (mean +- sd; pooled SE) | judge PPL |" if judged else "")
+            + " s / seed |")
+    lines = [head, "|" + "---|" * (10 if judged else 8)]
     for r in rows:
+        judge = (f" {r['judge_nll']:.4f} +- {r['judge_nll_sd']:.4f}; {r['judge_nll_se_pooled']:.4f} | "
+                 f"{r['judge_ppl']:.1f} |" if "judge_nll" in r else (" - | - |" if judged else ""))
         lines.append(f"| {r['name']} | {r['steps']} | {r['word_validity']:.4f} +- {r['word_validity_sd']:.4f}; "
                      f"{r['word_validity_se_pooled']:.4f} | {r['char_entropy']:.4f} +- {r['char_entropy_sd']:.4f} | "
-                     f"{r['distinct_1']:.4f} | {r['distinct_2']:.4f} | {r['mean_word_length']:.3f} | "
+                     f"{r['distinct_1']:.4f} | {r['distinct_2']:.4f} | {r['mean_word_length']:.3f} |{judge} "
                      f"{r['seconds_per_seed']:.1f} |")
     return "\n".join(lines)
 
@@ -122,10 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student", default=None, help="student model or run directory (or shipped:student)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=256, help="samples per seed (8-step rows)")
-    parser.add_argument("--samples-256", type=int, default=64, help="samples per seed of teacher@256 (slow on a CPU)")
+    parser.add_argument("--samples-many", type=int, default=256,
+                        help=f"samples per seed of rows with more than {CACHE_ABOVE_STEPS} steps (slow on a CPU)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rows", nargs="+", default=["teacher", "student"], choices=["teacher", "student"])
-    parser.add_argument("--with-32", action="store_true")
+    parser.add_argument("--teacher-steps", type=int, nargs="+", default=[8, 256], help="step counts of the teacher rows")
+    parser.add_argument("--judge", default="none", help="'smollm2' (the [judge] extra), another judge spec, or none")
+    parser.add_argument("--texts", type=Path, default=None, help="folder for every row's samples (jsonl)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="JSON file (rows are merged into an existing one)")
     args = parser.parse_args(argv)
@@ -143,21 +173,23 @@ def main(argv: list[str] | None = None) -> None:
     held_out = word_metrics(domain.decode_samples(reference[:args.samples].long()), training_vocabulary(None))
     results["held_out_real_text"] = held_out
     print(f"held-out real text: validity {held_out['word_validity']:.4f}, char H {held_out['char_entropy']:.4f}")
+    judge = load_judge(args.judge, torch.device("cpu"), progress=False)
+    results["judge"] = args.judge
+    common = dict(seeds=args.seeds, batch=args.batch, judge=judge, texts_dir=args.texts)
     with torch.no_grad():
         if "teacher" in args.rows:
-            results["rows"]["teacher@8"] = row("teacher@8", teacher, 8, args.seeds, args.samples, args.batch)
-            if args.with_32:
-                results["rows"]["teacher@32"] = row("teacher@32", teacher, 32, args.seeds, args.samples, args.batch)
-            results["rows"]["teacher@256"] = row("teacher@256", teacher, 256, args.seeds, args.samples_256, args.batch)
+            for steps in args.teacher_steps:
+                num = args.samples_many if steps > CACHE_ABOVE_STEPS else args.samples
+                results["rows"][f"teacher@{steps}"] = row(f"teacher@{steps}", teacher, steps, num=num, **common)
         if "student" in args.rows:
             student = load_pretrained(resolve_model_dir(resolve_checkpoint(args.student, domain))).eval()
-            results["rows"]["student@8"] = row("student@8", student, 8, args.seeds, args.samples, args.batch)
-            t = matched_temperature(teacher, results["rows"]["student@8"]["char_entropy"], args.samples, args.batch)
+            results["rows"]["student@8"] = row("student@8", student, 8, num=args.samples, **common)
+            t = teacher_matched_temperature(teacher, results["rows"]["student@8"]["char_entropy"], args.samples, args.batch)
             results["matched_temperature"] = t
-            results["rows"]["teacher@8 T-matched"] = row(f"teacher@8, T = {t:.3f}", Tempered(teacher, t), 8,
-                                                          args.seeds, args.samples, args.batch)
-    order = ["teacher@8", "teacher@8 T-matched", "teacher@32", "student@8", "teacher@256"]
-    table = markdown([results["rows"][k] for k in order if k in results["rows"]])
+            results["rows"]["teacher@8 T-matched"] = row(f"teacher@8, T = {t:.3f}", TemperedDenoiser(teacher, t), 8,
+                                                          num=args.samples, **common)
+    rows = sorted(results["rows"].values(), key=lambda r: (r["steps"], "student" in r["name"], r["name"]))
+    table = markdown(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

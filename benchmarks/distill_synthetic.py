@@ -7,7 +7,8 @@
 Every sample is scored by its exact negative log-likelihood per token under the true chain (and its
 unigram entropy, so a low NLL bought by collapsing onto a few tokens is visible). It reports:
 data; the teacher at 2/4/8/64/256 steps; the distilled student at 2/4/8 steps, plain and with RGAS;
-the cumulative ablation (method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its
+beside each student row, the teacher at the same step count and the temperature that matches the
+student's entropy (a student that only sharpens is no better than that); the cumulative ablation (method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its
 floor (the network passes an iteration must make, timed one by one). Prints a table, writes
 OUT/results.json. A teacher already in OUT/teacher/model is reused (delete it to retrain).
 """
@@ -32,6 +33,7 @@ from discdistill.config import PretrainConfig, build, merge, parse_override
 from discdistill.diffusion import LogLinearSchedule, corrupt, subs_log_probs
 from discdistill.distill import DistillConfig, DistillTrainer, RGASConfig, ablation_ladder, distill, load_rgas
 from discdistill.distill.rollout import sample_tau
+from discdistill.evaluation.baselines import TemperedDenoiser, matched_temperature
 from discdistill.sampling import sample
 from discdistill.training import pretrain
 
@@ -172,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((group, name, metrics))
         print(f"{group:<14} {name:<48} NLL/token {metrics['nll']:7.3f}   entropy {metrics['entropy']:.3f}", flush=True)
 
+    def matched_teacher(teacher: Any, steps: int, entropy: float) -> tuple[str, dict[str, float]]:
+        """The cheap alternative: the teacher at ``steps`` and the temperature matching a student's entropy."""
+        def entropy_at(t: float) -> float:
+            return evaluate(domain, draw(TemperedDenoiser(teacher, t), steps, num, seed=1))["entropy"]
+
+        t = matched_temperature(entropy_at, entropy, low=0.3, high=1.0, bisections=6)
+        metrics = {**evaluate(domain, draw(TemperedDenoiser(teacher, t), steps, num, seed=1)), "temperature": t}
+        return f"  teacher {steps} steps, T = {t:.3f} (entropy matched)", metrics
+
     # ---------------------------------------------------------------- teacher
     teacher_config = build(PretrainConfig, {**TEACHER, **(QUICK_TEACHER if args.quick else {})})
     teacher_dir = out / "teacher" / "model"
@@ -219,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rank:.2f}", flush=True)
         student = load_pretrained(student_dir).eval()
         for steps in (2, 4, 8):
-            record(name, f"{steps} steps", evaluate(domain, draw(student, steps, num, seed=1)))
+            metrics = evaluate(domain, draw(student, steps, num, seed=1))
+            record(name, f"{steps} steps", metrics)
+            record(name, *matched_teacher(teacher, steps, metrics["entropy"]))
         if not with_rgas:
             continue
         for score in ("all", "masked"):
