@@ -11,26 +11,20 @@ Layout of a training state (``save_training_state``)::
                             "schedulers": {...}, "files": {name: {"bytes", "sha256"}}}
     DIR/tensors.safetensors  module weights, optimiser moments and RNG states under prefixed keys
 
-A directory is written next to its destination (``.DIR.*.tmp``), fsynced and renamed into place, so
-a crash never leaves a half-written checkpoint where a good one was. Older training states are kept
-beside it, newest first: ``DIR``, ``DIR.1``, ..., ``DIR.{keep-1}`` (rotated by renames; every name that
-exists at any moment holds a complete checkpoint). ``config.json``/``state.json`` record each file's
-size and sha256, so truncation and damage are detected on load, and `load_latest_training_state` falls
-back to the newest kept state that is intact.
+A directory is written next to its destination (``.DIR.*.tmp``), fsynced and renamed into place
+(`discdistill.storage`), so a crash never leaves a half-written checkpoint where a good one was. Older
+training states are kept beside it, newest first: ``DIR``, ``DIR.1``, ..., ``DIR.{keep-1}`` (rotated by
+renames; every name that exists at any moment holds a complete checkpoint). ``config.json``/``state.json``
+record each file's size and sha256, so truncation and damage are detected on load, and
+`load_latest_training_state` falls back to the newest kept state that is intact.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import re
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,121 +34,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from discdistill.config import StrictModel
-from discdistill.errors import CheckpointError, CorruptCheckpointError, StorageError
+from discdistill.errors import CheckpointError, CorruptCheckpointError
+
+from discdistill.storage import atomic_directory, kept_checkpoints
 
 FORMAT_VERSION = 1
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 STATE_JSON = "state.json"
 STATE_TENSORS = "tensors.safetensors"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path`` (and fsync the
-    directory): the one file writer of the project. An OSError becomes a one-line `StorageError`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise storage_error(err, path) from err
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise storage_error(err, path, " (any previous file is intact)" if path.exists() else "") from err
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def kept_index(directory: Path, index: int) -> Path:
-    """The ``index``-th newest kept copy of ``directory``: DIR (0), DIR.1, DIR.2, ..."""
-    return directory if index == 0 else directory.with_name(f"{directory.name}.{index}")
-
-
-def kept_checkpoints(directory: str | Path) -> list[Path]:
-    """The existing kept copies of ``directory``, newest first (gaps, left by a crash mid-rotation, skipped)."""
-    directory = Path(directory)
-    pattern = re.compile(rf"{re.escape(directory.name)}\.(\d+)")
-    indices = [int(m.group(1)) for p in directory.parent.glob(f"{directory.name}.*")
-               if (m := pattern.fullmatch(p.name)) and p.is_dir()] if directory.parent.is_dir() else []
-    return [kept_index(directory, i) for i in sorted(indices + ([0] if directory.is_dir() else []))]
-
-
-def _rotate_into_place(tmp: Path, directory: Path, keep: int) -> None:
-    """Shift DIR.i -> DIR.(i+1) (oldest first), move ``tmp`` to DIR, then drop copies beyond ``keep``.
-
-    Each step is one rename, so a kill at any moment leaves only complete checkpoints; the newest
-    committed one is the lowest index present. Deleting happens last, after the new one is in place.
-    """
-    old = kept_checkpoints(directory)
-    indices = [0 if p == directory else int(p.name.rsplit(".", 1)[1]) for p in old]
-    for index in sorted(indices, reverse=True):
-        os.replace(kept_index(directory, index), kept_index(directory, index + 1))
-    os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
-    for index in indices:
-        if index + 1 >= keep:
-            shutil.rmtree(kept_index(directory, index + 1), ignore_errors=True)
-
-
-def _remove_stale_temps(directory: Path, current: Path) -> None:
-    """Temp directories of writes killed half-way (SIGKILL, power loss): never a checkpoint, safe to drop."""
-    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):
-        if stale != current:
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def storage_error(err: OSError, what: Path, intact: str = "") -> StorageError:
-    """A one-line, actionable message for an OSError met while writing ``what``."""
-    if err.errno == errno.ENOSPC:
-        return StorageError(f"disk full while writing {what}; free space and rerun{intact}")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"cannot write {what}: {err.strerror}; choose a writable output directory (--out)")
-    return StorageError(f"cannot write {what}: {err.strerror or err}{intact}")
-
-
-@contextmanager
-def atomic_directory(directory: str | Path, keep: int = 1) -> Iterator[Path]:
-    """Yield a fresh temp directory; on success it becomes ``directory`` and up to ``keep - 1`` older
-    copies are kept as DIR.1, DIR.2, ... . An OSError (disk full, permissions) becomes `StorageError`;
-    the previous checkpoint is untouched in that case."""
-    directory = Path(directory)
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    except OSError as err:
-        raise storage_error(err, directory) from err
-    try:
-        yield tmp
-        for file in tmp.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        _rotate_into_place(tmp, directory, keep)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            intact = f" (the previous {directory.name} is intact)" if directory.is_dir() else ""
-            raise storage_error(err, directory, intact) from err
-        raise
-    _remove_stale_temps(directory, tmp)
 
 
 def _sha256(path: Path) -> str:

@@ -208,7 +208,8 @@ def train(domain: str, domain_settings: dict[str, Any], teacher: str | None, out
     """
     from discdistill.checkpoint import load_pretrained
     from discdistill.distill.config import DistillConfig
-    from discdistill.distill.trainer import DISTILL_ARTEFACTS, distill
+    from discdistill.distill.persistence import DISTILL_ARTEFACTS
+    from discdistill.distill.trainer import distill
     from discdistill.rundir import RunDirectory
     from discdistill.workflows import (
         check_compatible,

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
-from discdistill.checkpoint import storage_error
 from discdistill.errors import ConfigError, RunInUseError, StorageError
+from discdistill.storage import storage_error
 
 LOCK_FILE = ".lock"
 REPLACED_DIR = ".replaced"

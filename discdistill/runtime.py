@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import ConfigError, DiscdistillError, NumericalError
+from discdistill.storage import atomic_write_bytes
 
 
 class TrainingInterrupted(DiscdistillError):

@@ -24,11 +24,11 @@ from safetensors.torch import save_file
 
 from discdistill.config import ModelConfig
 from discdistill.errors import CheckpointError
+from discdistill.mdlm_files import read_mdlm_state_dict
 from discdistill.mdlm_import import (
     convert_mdlm_state_dict,
     import_mdlm,
     mdlm_parameter_names,
-    read_mdlm_state_dict,
 )
 from discdistill.models import DiT
 

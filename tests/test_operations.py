@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from discdistill import training
-from discdistill.checkpoint import kept_checkpoints, load_pretrained
+from discdistill.checkpoint import load_pretrained
 from discdistill.distributed import DistContext
 from discdistill.errors import ConfigError
+from discdistill.storage import kept_checkpoints
 from tests.test_cli import run
 
 FAST = ["--batch-size", "8", "--device", "cpu", "--quiet", "--set", "log_every=1", "--set", "warmup_steps=2"]

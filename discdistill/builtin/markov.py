@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from discdistill.checkpoint import atomic_write_bytes, atomic_write_json
 from discdistill.config import StrictModel
 from discdistill.errors import DataError
 from discdistill.evaluation.entropy import mean_entropy
 from discdistill.interfaces import Domain, Tokenizer
 from discdistill.plugins import hookimpl
+from discdistill.storage import atomic_write_bytes, atomic_write_json
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 

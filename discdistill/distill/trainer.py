@@ -6,19 +6,14 @@ One iteration, for ``batch_rows`` data rows and G student samples per row (N = r
                        (rollout_steps = K: the student's K-step sampler, sum of K log-probs)
     2. corruption:     z_real, z_fake ~ q(. | x) at t = tau (coupled) or an independent t
     3. discriminator:  disc_steps AdamW steps on the smoothed per-token BCE (1: method)   (losses.py)
-    4. rewards:        r_i = mean_{masked} clamp(logit, -8, 8) after the step, no grad, float32
+    4. rewards:        r_i = mean_{masked} clamp(logit, -8, 8) after the step, no grad, float32   (rewards.py)
                        (options: K corruptions, M quadrature times, sum instead of mean)
     5. advantages:     A = group-normalised r (groups of G, clip 3)
     6. student loss:   -mean(omega(t) A (lp1 + lp2)) + kl_w sum_states KL - ent_w H; one AdamW step
     7. EMA update of the student (the EMA is what sampling uses)
 
-Output directory::
-
-    OUT/student/          save_pretrained of the EMA student (what `sample` reads); extra: teacher, config
-    OUT/discriminator/    the discriminator (safetensors + JSON), for RGAS
-    OUT/state/            training state for --resume: raw student, EMA, discriminator, both AdamW and
-                          schedules, iteration, the noise generator and torch RNG
-    OUT/metrics.jsonl     one JSON line per iteration, flushed
+What a run writes (OUT/student, OUT/discriminator, OUT/state, OUT/metrics.jsonl) and how --resume
+reads it back: persistence.py.
 
 Determinism: data order is a pure function of (seed, iteration) (`discdistill.data.EpochBatches`);
 every rollout / corruption draw comes from one generator whose state is checkpointed; so a resumed
@@ -27,7 +22,6 @@ CPU run ends with the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import math
@@ -41,27 +35,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from discdistill.backbones import build_discriminator
-from discdistill.checkpoint import (
-    load_latest_training_state,
-    load_pretrained,
-    read_pretrained_config,
-    save_pretrained,
-    save_training_state,
-)
+from discdistill.checkpoint import load_pretrained, read_pretrained_config
 from discdistill.data import EpochBatches
 from discdistill.diffusion import LogLinearSchedule, corrupt
 from discdistill.distill.config import DistillConfig
-from discdistill.distill.discriminator import save_discriminator
 from discdistill.distill.losses import (
     advantages,
     beta_density,
     kl_terms,
     masked_entropy,
     omega,
-    quadrature_times,
     student_policy_loss,
 )
 from discdistill.distill.objectives import make_objective
+from discdistill.distill.persistence import DISTILL_ARTEFACTS, METRICS_FILE, STATE_DIR, restore_run, save_run
+from discdistill.distill.rewards import discriminator_rewards
 from discdistill.distill.rollout import (
     Rollout,
     grid_rollout,
@@ -84,23 +72,9 @@ from discdistill.runtime import (
     NonfiniteGuard,
     StopRequest,
     TrainingInterrupted,
-    check_resumable,
     seeded,
 )
 from discdistill.sampling import sample
-
-STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE = "student", "discriminator", "state", "metrics.jsonl"
-DISTILL_ARTEFACTS = (STUDENT_DIR, DISC_DIR, STATE_DIR, METRICS_FILE)
-#: Config fields that may change between a run and its resume (they do not affect the numbers).
-_RESUMABLE_CHANGES = frozenset({"log_every", "save_every", "device", "keep_checkpoints", "max_nonfinite"})
-
-
-def _generator_state(generator: torch.Generator) -> str:
-    return base64.b64encode(generator.get_state().numpy().tobytes()).decode()
-
-
-def _set_generator_state(generator: torch.Generator, state: str) -> None:
-    generator.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
 
 
 def _stored_values(data: torch.Tensor) -> torch.Tensor:
@@ -317,33 +291,12 @@ class DistillTrainer:
             self.opt_disc.step()
         return loss.detach(), acc_real, acc_fake, grads
 
-    @torch.no_grad()
     def _rewards(self, x_fake: torch.Tensor, z_fake: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """r = mean over times and K corruptions of the reduced clamped log-odds (discriminator in eval mode).
-
-        reward_times = 1: at the sample's t, the first view being z_fake (the one the discriminator trained
-        on); M > 1: at the M quadrature midpoints, K fresh views each, averaged with weights omega(t_m)
-        (the integral over t; the policy loss then weights every sample by 1). One batched pass.
-        """
-        c, n, k = self.config, x_fake.shape[0], self.config.reward_corruptions
-        self.disc.eval()
-        if c.reward_times == 1:
-            times = [t]
-            views = [z_fake] + [self._corrupt_at(x_fake, t) for _ in range(k - 1)]
-        else:
-            low, high = c.reward_time_range or (c.tau_min, c.tau_max)
-            grid = quadrature_times(c.reward_times, low, high).to(self.device)
-            times = [grid[m].expand(n) for m in range(c.reward_times)]
-            views = [self._corrupt_at(x_fake, tm) for tm in times for _ in range(k)]
-        z_views = torch.cat(views)
-        sigma = torch.cat([self.schedule.sigma(tm.double()).float() for tm in times for _ in range(k)])
-        logits = self.disc(z_views, sigma)
-        rewards = self.objective.reward(logits, z_views == self.mask_id, c.reward_clamp).reshape(len(times), k, n)
-        if c.reward_times == 1:
-            return rewards.mean((0, 1))
-        # the integral over t: quadrature weights omega(t_m) (uniform for omega = constant), normalised
-        weight = omega(grid.float(), c.omega, c.omega_clamp, self.schedule)
-        return torch.einsum("m,mn->n", weight / weight.sum(), rewards.mean(1))
+        """Step 4: r [N] by `rewards.discriminator_rewards`; a method so that diagnostics can wrap it
+        (benchmarks/distill_synthetic.py's ProbedTrainer)."""
+        return discriminator_rewards(self.disc, self.objective, x_fake, z_fake, t, config=self.config,
+                                     schedule=self.schedule, mask_id=self.mask_id, device=self.device,
+                                     corrupt_at=self._corrupt_at)
 
     def _corrupt_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z ~ q(. | x) at times t [N] (from the run's generator)."""
@@ -376,47 +329,14 @@ class DistillTrainer:
                 kl, fwd, rev = kl + terms.value, fwd + terms.forward.detach(), rev + terms.reverse.detach()
         return kl, fwd, rev, torch.stack(entropies).mean()
 
-    # ------------------------------------------------------------------ persistence
-    def _modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student.network, "ema": self.student.ema_model(), "discriminator": self.disc}
-
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"student": self.opt_student, "discriminator": self.opt_disc}
-
-    def _schedulers(self) -> dict[str, Any]:
-        return {"student": self.sched_student, "discriminator": self.sched_disc}
-
+    # ------------------------------------------------------------------ persistence (persistence.py)
     def save(self) -> Path:
         """Write student (EMA), discriminator and training state (rank 0); return the student directory."""
-        generators = self.ctx.gather(_generator_state(self.generator))  # every rank's noise stream
-        self.ctx.on_main(lambda: self._write(generators))
-        self.on_checkpoint()
-        return self.out_dir / STUDENT_DIR
-
-    def _write(self, generators: list[Any]) -> Path:
-        config = self.config.model_dump(mode="json")
-        extra = {"teacher": self.teacher_path, "distill_config": config, "iteration": self.iteration,
-                 "weights": "ema", "ema_decay": self.config.ema_decay}
-        save_discriminator(self.disc, self.out_dir / DISC_DIR, extra={"teacher": self.teacher_path,
-                                                                     "iteration": self.iteration})
-        save_training_state(self.out_dir / STATE_DIR, modules=self._modules(), optimizers=self._optimizers(),
-                            schedulers=self._schedulers(),
-                            meta={"iteration": self.iteration, "config": config, "teacher": self.teacher_path,
-                                  "generator": generators[0], "generators": generators, **self.guard.state()},
-                            keep=self.config.keep_checkpoints)
-        return save_pretrained(self.student.ema_model(), self.out_dir / STUDENT_DIR, extra=extra, run=self.run_settings)
+        return save_run(self)
 
     def load(self) -> None:
         """Restore the state saved in OUT/state (the run must have the same configuration)."""
-        meta, _ = load_latest_training_state(self.out_dir / STATE_DIR, modules=self._modules(),
-                                             optimizers=self._optimizers(), schedulers=self._schedulers())
-        check_resumable(meta["config"], self.config.model_dump(mode="json"), _RESUMABLE_CHANGES, self.out_dir)
-        generators = meta.get("generators", [meta["generator"]])
-        if self.ctx.rank < len(generators):  # ranks a resumed run adds keep their fresh, rank-seeded stream
-            _set_generator_state(self.generator, generators[self.ctx.rank])
-        self.guard = NonfiniteGuard(self.config.max_nonfinite, meta.get("nonfinite_skipped", 0),
-                                    meta.get("nonfinite_streak", 0))
-        self.iteration = int(meta["iteration"])
+        restore_run(self)
 
     # ------------------------------------------------------------------ the loop
     def run(self, until: int | None = None) -> Path:

@@ -16,8 +16,8 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from discdistill.config import StrictModel
 from discdistill.diffusion import nats_to_bits
-from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import DataError
+from discdistill.storage import atomic_write_bytes
 
 #: Default relative entropy difference above which a row is flagged.
 ENTROPY_TOLERANCE = 0.02

@@ -26,8 +26,8 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
-from discdistill.checkpoint import atomic_write_bytes
 from discdistill.errors import DataError
+from discdistill.storage import atomic_write_bytes
 from discdistill_protein.tokenizer import (
     NUCLEOTIDE_LETTERS,
     first_invalid,

@@ -45,7 +45,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from discdistill.checkpoint import atomic_write_json
+from discdistill.storage import atomic_write_json
 from discdistill.errors import ConfigError, DataError
 
 from discdistill_text.tokenizer import EOS_ID, get_tokenizer

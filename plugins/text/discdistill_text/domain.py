@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from discdistill.checkpoint import atomic_write_bytes
+from discdistill.storage import atomic_write_bytes
 from discdistill.config import StrictModel
 from discdistill.errors import DataError
 from discdistill.evaluation.entropy import mean_entropy
