@@ -67,19 +67,34 @@ def draw(model: nn.Module, steps: int, num: int, seed: int, batch: int,
     return texts, time.perf_counter() - tic
 
 
+def _pooled_ratio(nll: torch.Tensor, units: torch.Tensor) -> tuple[float, float]:
+    """sum(nll) / sum(units) over independent samples, and its standard error (delta method)."""
+    ratio = float(nll.sum() / units.sum())
+    return ratio, float((nll - ratio * units).std() / (units.mean() * math.sqrt(len(nll))))
+
+
 def judge_metrics(judge: Judge, texts_by_seed: list[list[str]]) -> dict[str, float]:
-    """The judge's NLL per token: per seed (mean, sd), pooled over every sample (value, ratio SE), and PPL."""
+    """The judge's NLL per token and per character: per seed (mean, sd), pooled (value, SE); PPL per token.
+
+    Per token is the usual generative perplexity, but misspelt words split into more, individually
+    likelier judge tokens, so it flatters broken text; every chars sample has the same number of
+    characters, so the NLL per character (the judge's total surprise at a block) is the fair comparison.
+    """
     scores = [judge.score(texts) for texts in texts_by_seed]
-    per_seed = [math.fsum(s.nll for s in seed) / sum(s.tokens for s in seed) for seed in scores]
-    pooled = [s for seed in scores for s in seed]
-    tokens = torch.tensor([float(s.tokens) for s in pooled], dtype=torch.float64)
-    nll = torch.tensor([s.nll for s in pooled], dtype=torch.float64)
-    ratio = float(nll.sum() / tokens.sum())
-    # standard error of a ratio of sums over independent samples (delta method)
-    se = float((nll - ratio * tokens).std() / (tokens.mean() * math.sqrt(len(pooled))))
-    return {"judge_nll": statistics.mean(per_seed), "judge_nll_sd": statistics.stdev(per_seed) if len(per_seed) > 1
-            else math.nan, "judge_nll_pooled": ratio, "judge_nll_se_pooled": se, "judge_ppl": math.exp(ratio),
-            "judge_tokens": int(tokens.sum())}
+    out: dict[str, float] = {}
+    for unit, count in (("token", lambda s, text: s.tokens), ("char", lambda s, text: len(text))):
+        nll = [torch.tensor([s.nll for s in seed], dtype=torch.float64) for seed in scores]
+        units = [torch.tensor([float(count(s, t)) for s, t in zip(seed, texts)], dtype=torch.float64)
+                 for seed, texts in zip(scores, texts_by_seed)]
+        per_seed = [float(n.sum() / u.sum()) for n, u in zip(nll, units)]
+        pooled, se = _pooled_ratio(torch.cat(nll), torch.cat(units))
+        suffix = "" if unit == "token" else "_per_char"
+        out.update({f"judge_nll{suffix}": statistics.mean(per_seed),
+                    f"judge_nll{suffix}_sd": statistics.stdev(per_seed) if len(per_seed) > 1 else math.nan,
+                    f"judge_nll{suffix}_pooled": pooled, f"judge_nll{suffix}_se_pooled": se})
+    out["judge_ppl"] = math.exp(out["judge_nll_pooled"])
+    out["judge_tokens"] = int(sum(s.tokens for seed in scores for s in seed))
+    return out
 
 
 def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int,
@@ -110,7 +125,8 @@ def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: in
     p = sum(valid_flags) / len(valid_flags)
     out["word_validity_se_pooled"] = math.sqrt(p * (1 - p) / len(valid_flags))
     out["inner_words"] = len(valid_flags)
-    judged = f"  judge NLL {out['judge_nll_pooled']:.4f} (PPL {out['judge_ppl']:.1f})" if judge is not None else ""
+    judged = (f"  judge NLL/char {out['judge_nll_per_char_pooled']:.4f} NLL/token {out['judge_nll_pooled']:.4f}"
+              if judge is not None else "")
     print(f"{name:<28} validity {out['word_validity']:.4f} +- {out['word_validity_sd']:.4f}  char H "
           f"{out['char_entropy']:.4f}  distinct-2 {out['distinct_2']:.4f}{judged}  {out['seconds_per_seed']:.1f} s/seed",
           flush=True)
@@ -128,14 +144,15 @@ def teacher_matched_temperature(teacher: nn.Module, target_entropy: float, num: 
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    judged = any("judge_nll" in r for r in rows)
+    judged = any("judge_nll_per_char" in r for r in rows)
     head = ("| row | steps | word validity (mean +- sd over seeds; pooled SE) | char entropy | distinct-1 | distinct-2 "
-            "| mean word length |" + (" judge NLL / token (mean +- sd; pooled SE) | judge PPL |" if judged else "")
-            + " s / seed |")
-    lines = [head, "|" + "---|" * (10 if judged else 8)]
+            "| mean word length |" + (" judge NLL / char (mean +- sd; pooled SE) | judge NLL / token | judge PPL |"
+                                      if judged else "") + " s / seed |")
+    lines = [head, "|" + "---|" * (11 if judged else 8)]
     for r in rows:
-        judge = (f" {r['judge_nll']:.4f} +- {r['judge_nll_sd']:.4f}; {r['judge_nll_se_pooled']:.4f} | "
-                 f"{r['judge_ppl']:.1f} |" if "judge_nll" in r else (" - | - |" if judged else ""))
+        judge = (f" {r['judge_nll_per_char']:.4f} +- {r['judge_nll_per_char_sd']:.4f}; "
+                 f"{r['judge_nll_per_char_se_pooled']:.4f} | {r['judge_nll']:.4f} | {r['judge_ppl']:.1f} |"
+                 if "judge_nll_per_char" in r else (" - | - | - |" if judged else ""))
         lines.append(f"| {r['name']} | {r['steps']} | {r['word_validity']:.4f} +- {r['word_validity_sd']:.4f}; "
                      f"{r['word_validity_se_pooled']:.4f} | {r['char_entropy']:.4f} +- {r['char_entropy_sd']:.4f} | "
                      f"{r['distinct_1']:.4f} | {r['distinct_2']:.4f} | {r['mean_word_length']:.3f} |{judge} "
