@@ -97,39 +97,55 @@ def judge_metrics(judge: Judge, texts_by_seed: list[list[str]]) -> dict[str, flo
     return out
 
 
-def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int,
-        step_rule: StepRule = ancestral_step, judge: Judge | None = None,
-        texts_dir: Path | None = None) -> dict[str, Any]:
+def text_metrics(texts_by_seed: list[list[str]]) -> dict[str, Any]:
+    """Word validity, character entropy, distinct-n and word length: mean and sd over seeds, and the
+    binomial standard error of validity over every inner word pooled."""
     vocabulary = training_vocabulary(None)
-    per_seed, valid_flags, seconds, texts_by_seed = [], [], [], []
-    for seed in range(seeds):
-        texts, dt = draw(model, steps, num, seed, batch, step_rule)
-        per_seed.append(word_metrics(texts, vocabulary))
-        valid_flags += [w in vocabulary for t in texts for w in inner_words(t)]
-        seconds.append(dt)
-        texts_by_seed.append(texts)
-    out: dict[str, Any] = {"name": name, "steps": steps, "seeds": seeds, "samples_per_seed": num,
-                           "seconds_per_seed": statistics.mean(seconds), "examples": texts_by_seed[0][:3],
-                           "logits_cache": steps > CACHE_ABOVE_STEPS}
-    if texts_dir is not None:
-        texts_dir.mkdir(parents=True, exist_ok=True)
-        with open(texts_dir / f"{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}.jsonl", "w") as f:
-            for seed, texts in enumerate(texts_by_seed):
-                f.writelines(json.dumps({"seed": seed, "text": t}) + "\n" for t in texts)
-    if judge is not None:
-        out.update(judge_metrics(judge, texts_by_seed))
+    per_seed = [word_metrics(texts, vocabulary) for texts in texts_by_seed]
+    out: dict[str, Any] = {}
     for key in per_seed[0]:
         values = [m[key] for m in per_seed]
         out[key] = statistics.mean(values)
         out[key + "_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+    valid_flags = [w in vocabulary for texts in texts_by_seed for t in texts for w in inner_words(t)]
     p = sum(valid_flags) / len(valid_flags)
     out["word_validity_se_pooled"] = math.sqrt(p * (1 - p) / len(valid_flags))
     out["inner_words"] = len(valid_flags)
+    return out
+
+
+def texts_file(texts_dir: Path, name: str) -> Path:
+    """Where a row's samples are kept: one jsonl per row, named by a slug of the row name."""
+    return texts_dir / f"{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}.jsonl"
+
+
+def summary_line(name: str, out: dict[str, Any]) -> str:
     judged = (f"  judge NLL/char {out['judge_nll_per_char_pooled']:.4f} NLL/token {out['judge_nll_pooled']:.4f}"
-              if judge is not None else "")
-    print(f"{name:<28} validity {out['word_validity']:.4f} +- {out['word_validity_sd']:.4f}  char H "
-          f"{out['char_entropy']:.4f}  distinct-2 {out['distinct_2']:.4f}{judged}  {out['seconds_per_seed']:.1f} s/seed",
-          flush=True)
+              if "judge_nll_per_char" in out else "")
+    seconds = f"  {out['seconds_per_seed']:.1f} s/seed" if "seconds_per_seed" in out else ""
+    return (f"{name:<28} validity {out['word_validity']:.4f} +- {out['word_validity_sd']:.4f}  char H "
+            f"{out['char_entropy']:.4f}  distinct-2 {out['distinct_2']:.4f}{judged}{seconds}")
+
+
+def row(name: str, model: nn.Module, steps: int, seeds: int, num: int, batch: int,
+        step_rule: StepRule = ancestral_step, judge: Judge | None = None,
+        texts_dir: Path | None = None) -> dict[str, Any]:
+    seconds, texts_by_seed = [], []
+    for seed in range(seeds):
+        texts, dt = draw(model, steps, num, seed, batch, step_rule)
+        seconds.append(dt)
+        texts_by_seed.append(texts)
+    out: dict[str, Any] = {"name": name, "steps": steps, "seeds": seeds, "samples_per_seed": num,
+                           "seconds_per_seed": statistics.mean(seconds), "examples": texts_by_seed[0][:3],
+                           "logits_cache": steps > CACHE_ABOVE_STEPS, **text_metrics(texts_by_seed)}
+    if texts_dir is not None:
+        texts_dir.mkdir(parents=True, exist_ok=True)
+        with open(texts_file(texts_dir, name), "w") as f:
+            for seed, texts in enumerate(texts_by_seed):
+                f.writelines(json.dumps({"seed": seed, "text": t}) + "\n" for t in texts)
+    if judge is not None:
+        out.update(judge_metrics(judge, texts_by_seed))
+    print(summary_line(name, out), flush=True)
     return out
 
 
