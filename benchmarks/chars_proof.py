@@ -14,9 +14,9 @@ reuses its logits, so the draws have the same law):
 
 Per row: word validity, character entropy, distinct word 1/2-grams, mean word length (definitions in
 discdistill_text.wordstats), as mean +- sd over seeds, and the standard error of word validity over
-all inner words pooled; seconds per seed. With ``--judge smollm2``: the judge's NLL per token (mean
-+- sd over seeds, and the standard error of the pooled ratio over all samples) and its perplexity
-exp(pooled NLL / tokens). ``--texts DIR`` keeps every row's samples (one jsonl per row, seed-tagged).
+all inner words pooled; seconds per seed. With ``--judge smollm2``: the judge's NLL per character
+and per token (mean +- sd over seeds, and the standard error of the pooled ratio over all samples)
+and its perplexity exp(pooled NLL / tokens); per character is the one to read (`judge_metrics`). ``--texts DIR`` keeps every row's samples (one jsonl per row, seed-tagged).
 Prints a markdown table, writes JSON.
 
     python benchmarks/chars_proof.py --teacher shipped:teacher --student shipped:student \\

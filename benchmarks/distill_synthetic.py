@@ -8,9 +8,10 @@ Every sample is scored by its exact negative log-likelihood per token under the 
 unigram entropy, so a low NLL bought by collapsing onto a few tokens is visible). It reports:
 data; the teacher at 2/4/8/64/256 steps; the distilled student at 2/4/8 steps, plain and with RGAS;
 beside each student row, the teacher at the same step count and the temperature that matches the
-student's entropy (a student that only sharpens is no better than that); the cumulative ablation (method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its
-floor (the network passes an iteration must make, timed one by one). Prints a table, writes
-OUT/results.json. A teacher already in OUT/teacher/model is reused (delete it to retrain).
+student's entropy (a student that only sharpens is no better than that); the cumulative ablation
+(method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its floor (the network
+passes an iteration must make, timed one by one). Prints a table, writes OUT/results.json. A
+teacher already in OUT/teacher/model is reused (delete it to retrain).
 """
 
 from __future__ import annotations
@@ -176,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def matched_teacher(teacher: Any, steps: int, entropy: float) -> tuple[str, dict[str, float]]:
         """The cheap alternative: the teacher at ``steps`` and the temperature matching a student's entropy."""
-        def entropy_at(t: float) -> float:
-            return evaluate(domain, draw(TemperedDenoiser(teacher, t), steps, num, seed=1))["entropy"]
+        def scored(t: float) -> dict[str, float]:
+            return evaluate(domain, draw(TemperedDenoiser(teacher, t), steps, num, seed=1))
 
-        t = matched_temperature(entropy_at, entropy, low=0.3, high=1.0, bisections=6)
-        metrics = {**evaluate(domain, draw(TemperedDenoiser(teacher, t), steps, num, seed=1)), "temperature": t}
+        t = matched_temperature(lambda temp: scored(temp)["entropy"], entropy, low=0.3, high=1.0, bisections=6)
+        metrics = {**scored(t), "temperature": t}
         return f"  teacher {steps} steps, T = {t:.3f} (entropy matched)", metrics
 
     # ---------------------------------------------------------------- teacher

@@ -199,7 +199,7 @@ def sample(
         return _sample_sparse(denoiser, z, steps=steps, mask_id=mask_id, schedule=schedule, noise_removal=noise_removal,
                               cache=cache, time_conditioned=time_conditioned, t_min=t_min, generator=generator,
                               forbidden=forbidden)
-    alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, device)
+    alphas, sigmas = alphas_and_sigmas(steps, t_min, schedule, device)
     zero_sigma = torch.zeros(num_samples, device=device)
     logits: torch.Tensor | None = None
     previous: torch.Tensor | None = None
@@ -224,7 +224,7 @@ def sample(
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
 
 
-def _alphas_and_sigmas(steps: int, t_min: float, schedule: LogLinearSchedule,
+def alphas_and_sigmas(steps: int, t_min: float, schedule: LogLinearSchedule,
                        device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha (float64) and sigma (float32) on the time grid; the last alpha is 1: the last step removes
     all remaining noise (fused noise removal)."""
@@ -266,7 +266,7 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
     reused while the row has not changed since they were computed.
     """
     num_samples = z.shape[0]
-    alphas, sigmas = _alphas_and_sigmas(steps, t_min, schedule, z.device)
+    alphas, sigmas = alphas_and_sigmas(steps, t_min, schedule, z.device)
     zero_sigma = torch.zeros(num_samples, device=z.device)
     features: tuple[torch.Tensor, torch.Tensor] | None = None  # per row, computed at state `featured`
     featured = torch.full_like(z, -1)  # with the cache: the state each row's features were computed at

@@ -313,7 +313,7 @@ def test_rollout_step_with_nothing_masked():
     from discdistill.distill.rollout import rollout_step
 
     z = torch.randint(0, V - 1, (3, L))
-    step = rollout_step(tiny_dit(), z, 0.5, 1.0, torch.zeros(3), MASK)
+    step = rollout_step(tiny_dit(), z, 0.5, 1.0, torch.zeros(3), MASK, t=0.5)
     assert torch.equal(step.next_state, z) and step.log_probs.shape == (0, V)
     assert torch.equal(step.log_prob, torch.zeros(3))
 

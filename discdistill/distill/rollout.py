@@ -37,7 +37,7 @@ import torch
 
 from discdistill.diffusion import NEG_INF, LogLinearSchedule
 from discdistill.interfaces import MaskedDiffusionTeacher
-from discdistill.sampling import Precision, sample_bernoulli, sample_categorical, time_grid
+from discdistill.sampling import Precision, alphas_and_sigmas, sample_bernoulli, sample_categorical, time_grid
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -95,8 +95,8 @@ def _as_rows(value: torch.Tensor | float, n: int, device: torch.device) -> torch
 
 def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float, alpha_s: torch.Tensor | float,
                  sigma: torch.Tensor, mask_id: int, precision: Precision = "float64",
-                 generator: torch.Generator | None = None, shared_rows: int = 1,
-                 t: torch.Tensor | float = 1.0) -> RolloutStep:
+                 generator: torch.Generator | None = None, shared_rows: int = 1, *,
+                 t: torch.Tensor | float) -> RolloutStep:
     """One ancestral step t -> s with a differentiable log-prob of the positions it unmasks.
 
     At a masked position: unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t), then
@@ -168,12 +168,13 @@ def student_rollout(model: Denoise, tau: torch.Tensor, *, seq_len: int, mask_id:
         return schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
 
     if not two_step:
-        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator, shared_rows, one)
+        step = rollout_step(model, z1, alpha_1, one, sigma_at(one), mask_id, precision, generator, shared_rows, t=one)
         return Rollout(x_fake=step.next_state, tau=tau, steps=[step])
     alpha_tau = schedule.alpha(tau64)
-    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator, shared_rows, one)
+    first = rollout_step(model, z1, alpha_1, alpha_tau, sigma_at(one), mask_id, precision, generator, shared_rows,
+                         t=one)
     second = rollout_step(model, first.next_state, alpha_tau, one, sigma_at(tau64), mask_id, precision, generator,
-                          shared_rows, tau64)
+                          shared_rows, t=tau64)
     return Rollout(x_fake=second.next_state, tau=tau, steps=[first, second])
 
 
@@ -189,15 +190,14 @@ def grid_rollout(model: Denoise, tau: torch.Tensor, *, steps: int, seq_len: int,
     """
     assert steps >= 1
     n, device = tau.shape[0], tau.device
-    grid = time_grid(steps, t_min, device)
-    alphas = schedule.alpha(grid)
-    alphas[-1] = 1.0
+    times = time_grid(steps, t_min, device)
+    alphas, sigmas = alphas_and_sigmas(steps, t_min, schedule, device)  # the sampler's own, last alpha = 1
+    zero_sigma = torch.zeros(n, device=device)
     z = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
     taken = []
     for k in range(steps):
-        t = grid[k].expand(n)
-        sigma = schedule.sigma(t).float() if time_conditioned else torch.zeros(n, device=device)
+        sigma = sigmas[k].expand(n) if time_conditioned else zero_sigma
         taken.append(rollout_step(model, z, alphas[k], alphas[k + 1], sigma, mask_id, precision, generator,
-                                  shared_rows, t))
+                                  shared_rows, t=times[k].expand(n)))
         z = taken[-1].next_state
     return Rollout(x_fake=z, tau=tau, steps=taken)
