@@ -9,8 +9,8 @@ unigram entropy, so a low NLL bought by collapsing onto a few tokens is visible)
 data; the teacher at 2/4/8/64/256 steps; the distilled student at 2/4/8 steps, plain and with RGAS;
 beside each student row, the teacher at the same step count and the temperature that matches the
 student's entropy (a student that only sharpens is no better than that); the cumulative ablation
-(method.md §2.5) at 4 and 8 steps; and the cost of one iteration against its floor (the network
-passes an iteration must make, timed one by one). Prints a table, writes OUT/results.json. A
+(method.md §2.5) at 4 and 8 steps; and the cost of one iteration of each recipe against its floor
+(the work an iteration must do, timed piece by piece: benchmarks/distill_floor.py). Prints a table, writes OUT/results.json. A
 teacher already in OUT/teacher/model is reused (delete it to retrain).
 """
 
@@ -27,13 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from distill_floor import print_cost, time_iteration
 
 from discdistill.builtin.markov import MarkovDomain
 from discdistill.checkpoint import load_pretrained
 from discdistill.config import PretrainConfig, build, merge, parse_override
-from discdistill.diffusion import LogLinearSchedule, corrupt, subs_log_probs
-from discdistill.distill import DistillConfig, DistillTrainer, RGASConfig, ablation_ladder, distill, load_rgas
-from discdistill.distill.rollout import sample_tau
+from discdistill.distill import (
+    DistillConfig,
+    DistillTrainer,
+    RGASConfig,
+    ablation_ladder,
+    distill,
+    load_rgas,
+)
 from discdistill.evaluation.baselines import TemperedDenoiser, matched_temperature
 from discdistill.sampling import sample
 from discdistill.training import pretrain
@@ -90,57 +96,6 @@ class ProbedTrainer(DistillTrainer):
             log_likelihood = -self.domain.true_nll_per_token(x_fake).float()
             self.rank_correlations.append(spearman(rewards.cpu(), log_likelihood.cpu()))
         return rewards
-
-
-def time_iteration(trainer: DistillTrainer, repeats: int) -> dict[str, float]:
-    """Seconds of one training iteration against its floor: the passes it must make, timed one by one."""
-    c, n, dev = trainer.config, trainer.config.samples_per_iteration, trainer.device
-    for _ in range(2):
-        trainer.step()  # warm-up
-    full = [trainer.step()["seconds"] for _ in range(repeats)]
-    gen = torch.Generator().manual_seed(0)
-    z1 = torch.full((n, trainer.seq_len), trainer.mask_id)
-    tau = sample_tau(n, 1.0, 1.0, c.tau_min, c.tau_max, gen)
-    x = trainer.train_data[:n].to(dev) if trainer.train_data is not None and len(trainer.train_data) >= n else \
-        torch.zeros(n, trainer.seq_len, dtype=torch.long)
-    z_tau = corrupt(x, LogLinearSchedule().alpha(tau), trainer.mask_id, gen)
-    zero = torch.zeros(n)
-
-    def timed(fn) -> float:
-        best = []
-        for _ in range(repeats):
-            tic = time.perf_counter()
-            fn()
-            best.append(time.perf_counter() - tic)
-        return statistics.median(best)
-
-    def student_pass(z):
-        logp = subs_log_probs(trainer.student(z, zero), z, trainer.mask_id)
-        logp[..., 0].sum().backward()
-
-    def teacher_pass(z):
-        with torch.no_grad():
-            trainer.teacher(z, zero)
-
-    def disc_train():
-        trainer.disc(torch.cat([z_tau, z_tau]), torch.cat([zero, zero])).sum().backward()
-
-    def disc_reward():
-        with torch.no_grad():
-            trainer.disc(z_tau, zero)
-
-    parts = {
-        "student fwd+bwd (all-mask state)": timed(lambda: student_pass(z1)),
-        "student fwd+bwd (z_tau state)": timed(lambda: student_pass(z_tau)),
-        "teacher fwd x2 (KL matching)": 2 * timed(lambda: teacher_pass(z_tau)),
-        "discriminator fwd+bwd (real + fake)": timed(disc_train),
-        "discriminator fwd (rewards)": timed(disc_reward),
-    }
-    trainer.student.zero_grad(set_to_none=True)
-    trainer.disc.zero_grad(set_to_none=True)
-    floor = sum(parts.values())
-    iteration = statistics.median(full)
-    return {"iteration_s": iteration, "floor_s": floor, "overhead": iteration / floor - 1.0, **parts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,17 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                 record("ablation", f"{name} @ {steps} steps", evaluate(domain, draw(model, steps, num, seed=1)))
 
     # ---------------------------------------------------------------- cost of one iteration
-    trainer = DistillTrainer(config, load_pretrained(teacher_dir), train, out / "timing", progress=False)
-    results["iteration_cost"] = time_iteration(trainer, repeats=3 if args.quick else 10)
+    results["iteration_cost"] = {}
+    for name, variant in (("student", config), ("tuned", tuned)):
+        trainer = DistillTrainer(variant, load_pretrained(teacher_dir), train, out / "timing", progress=False)
+        results["iteration_cost"][name] = cost = time_iteration(trainer, repeats=3 if args.quick else 10)
+        print_cost(f"one iteration of {name!r} ({variant.samples_per_iteration} student samples)", cost)
 
     results["rows"] = [{"group": g, "name": n, **m} for g, n, m in rows]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    cost = results["iteration_cost"]
-    print(f"\none iteration ({config.samples_per_iteration} student samples): {cost['iteration_s'] * 1e3:.1f} ms; "
-          f"floor {cost['floor_s'] * 1e3:.1f} ms (overhead {cost['overhead'] * 100:+.0f}%)")
-    for key, value in cost.items():
-        if key not in ("iteration_s", "floor_s", "overhead"):
-            print(f"    {key:<40} {value * 1e3:8.1f} ms")
     print(f"\n{'group':<14} {'sampler':<48} {'NLL/token':>9} {'entropy':>8}")
     for group, name, metrics in rows:
         print(f"{group:<14} {name:<48} {metrics['nll']:9.3f} {metrics['entropy']:8.3f}")

@@ -39,16 +39,22 @@ class GradReport:
 def clip_grad_norm_finite_(params: Iterable[nn.Parameter], max_norm: float) -> GradReport:
     """Zero non-finite gradient entries, then clip the global norm to ``max_norm``.
 
-    One host sync per call (the report), which is fine once per optimiser step.
+    A non-finite entry makes its tensor's norm non-finite, so the common case costs one foreach norm
+    and one host sync for the check; only a suspect gradient pays for the entry-wise search and repair
+    (a norm can also overflow float32 with every entry finite: that reports finite, and the clip then
+    zeroes the gradient).
     """
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:
         return GradReport(0.0, False)
-    nonfinite = torch.stack([(~torch.isfinite(p.grad)).any() for p in with_grad]).any()
-    for p in with_grad:
-        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    grads = [p.grad for p in with_grad]
+    nonfinite = False
+    if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        nonfinite = any(bool((~torch.isfinite(grad)).any()) for grad in grads)
+        for grad in grads:
+            torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
     norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
-    return GradReport(float(norm), bool(nonfinite))
+    return GradReport(float(norm), nonfinite)
 
 
 @torch.no_grad()
