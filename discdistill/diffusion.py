@@ -52,6 +52,16 @@ def corrupt(x: torch.Tensor, alpha: torch.Tensor, mask_id: int, generator: torch
     return torch.where(u < alpha, x, torch.full_like(x, mask_id))
 
 
+def masked_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """log p(x_0 | z_t) at positions where z_t is the mask: float32 log-softmax with the mask logit removed.
+
+    `subs_log_probs` at a masked position, without building the carry-over one-hots: the samplers call
+    it at the positions they draw, which are all masked.
+    """
+    mask_column = torch.tensor([mask_id], device=logits.device)
+    return logits.float().index_fill(-1, mask_column, NEG_INF).log_softmax(-1)
+
+
 def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch.Tensor:
     """SUBS parameterisation: log p(x_0 | z_t), [B, L, V].
 
@@ -59,8 +69,7 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
     one-hot of z (unmasked tokens are carried over). ``z`` may be ids [B, L] or soft [B, L, V]; for a
     soft z only the mask logit is removed (carry-over needs hard ids).
     """
-    mask_column = torch.tensor([mask_id], device=logits.device)
-    log_probs = logits.float().index_fill(-1, mask_column, NEG_INF).log_softmax(-1)
+    log_probs = masked_log_probs(logits, mask_id)
     if z.dim() == 3:
         return log_probs
     unmasked = (z != mask_id).unsqueeze(-1)

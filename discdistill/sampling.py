@@ -30,7 +30,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
-from discdistill.diffusion import LogLinearSchedule, posterior_probs, subs_log_probs
+from discdistill.diffusion import LogLinearSchedule, masked_log_probs, posterior_probs, subs_log_probs
 
 Precision = Literal["float64", "float32"]
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -122,9 +122,9 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     # CPU: a host sync is free, while a softmax and a float64 CDF over V at every position cost about
     # two forwards of a small network; only the positions that unmask this step need a token.
     where = unmask.nonzero(as_tuple=True)
-    log_p = subs_log_probs(logits[where], z[where], ctx.mask_id)
     z_next = z.clone()
-    z_next[where] = sample_categorical(log_p.exp(), ctx.precision, ctx.generator)
+    z_next[where] = sample_categorical(masked_log_probs(logits[where], ctx.mask_id).exp_(), ctx.precision,
+                                       ctx.generator)
     return z_next
 
 
@@ -292,12 +292,12 @@ def _sample_sparse(denoiser: FeatureDenoiser, z: torch.Tensor, *, steps: int, ma
             continue
         where = unmask.nonzero(as_tuple=True)
         logits = _forbid(denoiser.logits_from_features(*features, unmask), forbidden)
-        log_p = subs_log_probs(logits, z[where], mask_id)
+        log_p = masked_log_probs(logits, mask_id)  # every drawn position is masked: no carry-over needed
         z = z.clone()
         if last and noise_removal == "argmax":
             z[where] = log_p.argmax(-1)
         else:
-            z[where] = sample_categorical(log_p.exp(), "float64", generator)
+            z[where] = sample_categorical(log_p.exp_(), "float64", generator)
     return SampleOutput(ids=z, nfe=nfe, denoised_rows=rows)
 
 

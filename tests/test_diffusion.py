@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from discdistill.diffusion import (
-    LogLinearSchedule, antithetic_times, corrupt, mdlm_loss, posterior_probs, subs_log_probs,
+    LogLinearSchedule, antithetic_times, corrupt, masked_log_probs, mdlm_loss, posterior_probs, subs_log_probs,
 )
 
 MASK = 4  # V = 5: tokens 0..3 and the mask
@@ -40,6 +40,16 @@ def test_subs_zero_mask_probability_and_carry_over():
     assert torch.allclose(probs[0, 0, :4], expected) and probs[0, 0, MASK] == 0
     assert probs[0, 1].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
     assert logits[0, 0, MASK] == 9.0, "the caller's logits must not be modified"
+
+
+def test_masked_log_probs_is_subs_at_a_masked_position():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0, 9.0], [0.5, -1.0, 0.0, 2.0, 9.0]])
+    log_p = masked_log_probs(logits, MASK)
+    expected = torch.log_softmax(logits[:, :4], -1)  # the mask logit removed, whatever its value
+    assert torch.allclose(log_p[:, :4], expected) and (log_p[:, MASK] == float("-inf")).all()
+    # bit-identical to the SUBS distribution where z is the mask (the samplers rely on it)
+    assert torch.equal(log_p, subs_log_probs(logits[None], torch.full((1, 2), MASK), MASK)[0])
+    assert logits[0, MASK] == 9.0, "the caller's logits must not be modified"
 
 
 def test_posterior_by_hand():
