@@ -122,6 +122,8 @@ def ancestral_step(z: torch.Tensor, logits: torch.Tensor, ctx: StepContext) -> t
     # CPU: a host sync is free, while a softmax and a float64 CDF over V at every position cost about
     # two forwards of a small network; only the positions that unmask this step need a token.
     where = unmask.nonzero(as_tuple=True)
+    if not where[0].numel():  # common when steps >> L: nothing to draw, and an empty draw uses no randomness
+        return z
     z_next = z.clone()
     z_next[where] = sample_categorical(masked_log_probs(logits[where], ctx.mask_id).exp_(), ctx.precision,
                                        ctx.generator)
