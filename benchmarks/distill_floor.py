@@ -16,8 +16,9 @@ counted from the configuration itself:
 each with the trainer's own networks, shapes and autocast (the rollout states are those of a real
 rollout), on copies where a piece would change the trainer. Full iterations (`DistillTrainer.step`)
 and the pieces are timed in alternation, best of --repeats each (the least disturbed run of each:
-a shared machine's load spikes only ever add time), so a slow spell hits both alike. What the floor leaves out is the iteration's own bookkeeping: categorical draws, corruption,
-losses, KL and entropy terms, gradient clipping and metrics; `overhead` is that share.
+a shared machine's load spikes only ever add time), so a slow spell hits both alike. What the floor
+leaves out is the iteration's own bookkeeping: categorical draws, corruption, losses, KL and entropy
+terms, gradient clipping and metrics; `ratio` (iteration / floor) minus 1 is that share.
 
 Recipes: ``markov`` (the tuned settings of benchmarks/distill_synthetic.py, its 270k-parameter
 teacher architecture with random weights: speed does not depend on them) and ``chars`` (the shipped

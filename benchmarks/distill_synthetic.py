@@ -10,8 +10,8 @@ data; the teacher at 2/4/8/64/256 steps; the distilled student at 2/4/8 steps, p
 beside each student row, the teacher at the same step count and the temperature that matches the
 student's entropy (a student that only sharpens is no better than that); the cumulative ablation
 (method.md §2.5) at 4 and 8 steps; and the cost of one iteration of each recipe against its floor
-(the work an iteration must do, timed piece by piece: benchmarks/distill_floor.py). Prints a table, writes OUT/results.json. A
-teacher already in OUT/teacher/model is reused (delete it to retrain).
+(the work an iteration must do, timed piece by piece: benchmarks/distill_floor.py). Prints a table,
+writes OUT/results.json. A teacher already in OUT/teacher/model is reused (delete it to retrain).
 """
 
 from __future__ import annotations
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- cost of one iteration
     results["iteration_cost"] = {}
     for name, variant in (("student", config), ("tuned", tuned)):
-        trainer = DistillTrainer(variant, load_pretrained(teacher_dir), train, out / "timing", progress=False)
+        trainer = DistillTrainer(variant, load_pretrained(teacher_dir), train, out / "timing" / name,
+                                 progress=False)
         results["iteration_cost"][name] = cost = time_iteration(trainer, repeats=3 if args.quick else 10)
         print_cost(f"one iteration of {name!r} ({variant.samples_per_iteration} student samples)", cost)
 
