@@ -16,6 +16,8 @@ from discdistill.distill.losses import (
     discriminator_loss,
     group_advantages,
     kl_terms,
+    local_advantages,
+    local_policy_loss,
     masked_entropy,
     omega,
     quadrature_times,
@@ -24,8 +26,9 @@ from discdistill.distill.losses import (
     sequence_log_odds_reward,
     student_policy_loss,
     token_log_odds_reward,
+    window_sum,
 )
-from discdistill.distill.objectives import TokenObjective, make_objective
+from discdistill.distill.objectives import SequenceObjective, TokenObjective, make_objective
 from discdistill.errors import ConfigError
 
 
@@ -242,3 +245,53 @@ def test_ablation_ladder_is_cumulative_and_ends_at_the_base():
     assert ladder[-2][1].entropy_weight == 0 and ladder[-2][1].kl_weight == 0.05
     assert ladder[-1][1] == base
     assert all(cfg.student_lr == 3e-4 for _, cfg in ladder)
+
+
+def test_window_sum_by_hand():
+    v = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    assert torch.equal(window_sum(v, 0), v)
+    assert torch.equal(window_sum(v, 1), torch.tensor([[3.0, 6.0, 9.0, 12.0, 9.0], [0.0, 1.0, 1.0, 1.0, 0.0]]))
+    assert torch.equal(window_sum(v, 2)[0], torch.tensor([6.0, 10.0, 15.0, 14.0, 12.0]))
+    assert torch.equal(window_sum(v, 9), v.sum(-1, keepdim=True).expand(2, 5))  # wider than L: the row's sum
+    with pytest.raises(ValueError, match="half_width"):
+        window_sum(v, -1)
+
+
+def test_local_advantages_by_hand():
+    r = torch.tensor([[1.0, 4.0], [3.0, 0.0], [5.0, 2.0], [7.0, 2.0]])
+    # batch: per-position means (4, 2); centred [[-3, 2], [-1, -2], [1, 0], [3, 0]]; std of the 8 = sqrt(28/7) = 2
+    expected = torch.tensor([[-3.0, 2.0], [-1.0, -2.0], [1.0, 0.0], [3.0, 0.0]]) / 2.0
+    assert torch.allclose(local_advantages(r, "batch", 2), expected, atol=1e-6)
+    # group of 2: means (2, 2) and (6, 2); centred [[-1, 2], [1, -2]] (std sqrt(10/3)), [[-1, 0], [1, 0]] (sqrt(2/3))
+    group = local_advantages(r, "group", 2)
+    assert torch.allclose(group[:2], torch.tensor([[-1.0, 2.0], [1.0, -2.0]]) / math.sqrt(10 / 3), atol=1e-6)
+    assert torch.allclose(group[2:], torch.tensor([[-1.0, 0.0], [1.0, 0.0]]) / math.sqrt(2 / 3), atol=1e-6)
+    assert torch.equal(local_advantages(r, "none", 2), r)
+    assert float(local_advantages(r * 100, "batch", 4, clip=0.5).abs().max()) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="groups of 3"):
+        local_advantages(r, "group", 3)
+
+
+def test_local_policy_loss_equals_the_sequence_loss_for_a_constant_advantage():
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.25, -1.0, -3.0]], requires_grad=True)
+    w, a = torch.tensor([2.0, 0.5]), torch.tensor([1.5, -1.0])
+    local = local_policy_loss(w, a[:, None].expand(2, 3), lp)
+    assert float(local.detach()) == pytest.approx(float(student_policy_loss(w, a, lp.sum(-1)).detach()))
+    # by hand: -mean(2 * 1.5 * -3.5, 0.5 * -1 * -4.25) = -(-10.5 + 2.125) / 2
+    assert float(local.detach()) == pytest.approx(4.1875)
+    per_token = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    loss = local_policy_loss(w, per_token, lp)
+    assert float(loss.detach()) == pytest.approx(-(2 * (-1.0 + 0.5) + 0.5 * (2 * -1.0)) / 2)
+    loss.backward()  # d/d lp_ij = -w_i A_ij / N
+    assert torch.allclose(lp.grad, -(w[:, None] * per_token) / 2)
+
+
+def test_position_rewards_of_both_objectives():
+    logits = torch.tensor([[1.0, -20.0, 3.0], [0.5, 0.5, 9.0]])
+    masked = torch.tensor([[True, True, False], [False, True, True]])
+    token = TokenObjective().position_reward(logits, masked, clamp=8.0)
+    assert torch.equal(token, torch.tensor([[1.0, -8.0, 0.0], [0.0, 0.5, 8.0]]))
+    sequence = SequenceObjective().position_reward(logits, masked, clamp=8.0)
+    assert torch.equal(sequence, torch.tensor([[1.0, -8.0, 3.0], [0.5, 0.5, 8.0]]))
+    # the sequence reward is their sum where no clamp binds
+    assert float(SequenceObjective().reward(logits[:, [0, 2]], masked, 8.0)[0]) == pytest.approx(4.0)

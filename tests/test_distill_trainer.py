@@ -407,3 +407,58 @@ def test_the_ema_student_trains_its_network_and_averages_into_its_copy():
     z = torch.full((2, L), MASK)
     assert torch.equal(student(z, torch.zeros(2)), student.network(z, torch.zeros(2)))
     assert student.ema_model() is student.ema and student.vocab_size == V and student.mask_id == MASK
+
+
+def test_position_log_prob_places_each_token_at_its_step():
+    model = tiny_dit().eval()
+    gen = torch.Generator().manual_seed(5)
+    for rollout in (student_rollout(model, sample_tau(6, 1.0, 1.0, 0.02, 0.98, gen), seq_len=L, mask_id=MASK,
+                                    generator=gen),
+                    grid_rollout(model, torch.full((6,), 0.5), steps=3, seq_len=L, mask_id=MASK, generator=gen)):
+        per_position = rollout.position_log_prob()
+        assert per_position.shape == (6, L)
+        assert torch.allclose(per_position.sum(-1), rollout.log_prob, atol=1e-5)
+        for step in rollout.steps:  # each step's map is non-zero only where it unmasked
+            assert bool((step.position_log_prob()[~step.unmasked] == 0).all())
+            assert bool((step.position_log_prob()[step.unmasked] < 0).all())
+        per_position.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_local_credit_reads_the_reward_map_of_the_same_views(tmp_path):
+    config = tiny_config(reward_times=2, reward_corruptions=3, reward_time_range=(0.2, 0.8), reward_clamp=5.0,
+                         disc_objective="sequence")
+    trainer = DistillTrainer(config, tiny_dit(), torch.randint(0, V - 1, (16, L)), tmp_path, progress=False)
+    trainer.disc = _RecordingDisc()
+    x_fake = torch.randint(0, V - 1, (8, L))
+    state = trainer.generator.get_state()
+    reward_map = trainer._reward_map(x_fake, x_fake, torch.full((8,), 0.5))
+    trainer.generator.set_state(state)
+    rewards = trainer._rewards(x_fake, x_fake, torch.full((8,), 0.5))
+    assert reward_map.shape == (8, L)
+    # every position's logit is 10 sigma + j; clamped to 5 per position, the omega-weighted mean over times
+    schedule = LogLinearSchedule()
+    sigmas = schedule.sigma(torch.tensor([0.35, 0.65], dtype=torch.float64)).float()
+    weight = torch.tensor([1 / 0.35, 1 / 0.65])
+    per_time = torch.stack([(10 * s + torch.arange(L)).clamp(max=5.0) for s in sigmas])
+    assert torch.allclose(reward_map, (weight @ per_time / weight.sum()).expand(8, L), rtol=1e-5)
+    # the per-sample reward of the same views clamps each view's sum at c L = 40 instead
+    per_view_sum = (10 * sigmas[:, None] + torch.arange(L)).sum(-1).clamp(max=5.0 * L)
+    assert torch.allclose(rewards, (weight @ per_view_sum / weight.sum()).expand(8), rtol=1e-5)
+
+
+def test_local_credit_trains_and_refuses_a_per_sample_reward_fn(tmp_path):
+    data = torch.randint(0, V - 1, (16, L))
+    trainer = DistillTrainer(tiny_config(credit="local", credit_window=1, disc_objective="sequence",
+                                         advantage_norm="batch"), tiny_dit(), data, tmp_path / "a", progress=False)
+    before = {k: v.clone() for k, v in trainer.student.network.state_dict().items()}
+    record = trainer.step()
+    assert all(torch.isfinite(torch.tensor(v)) for v in record.values() if isinstance(v, float))
+    assert record["loss_pg"] != 0.0 and record["adv_std"] > 0
+    after = trainer.student.network.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="credit='local' needs the discriminator"):
+        DistillTrainer(tiny_config(credit="local"), tiny_dit(), data, tmp_path / "b", progress=False,
+                       reward_fn=lambda x: x.float().mean(-1))
+    with pytest.raises(ValueError):
+        tiny_config(credit="window")

@@ -97,6 +97,14 @@ class DistillConfig(StrictModel):
         "group", description="'group': A = clamp((r - mean_g) / (std_g + 1e-8), -clip, clip) within each group "
         "of G; 'batch': the same over the whole batch; 'none': A = r (plain score-function estimator).")
     advantage_clip: float = Field(3.0, gt=0.0, description="Advantage clip (group / batch normalisation).")
+    credit: Literal["sequence", "local"] = Field(
+        "sequence", description="'sequence' (method.md): one advantage per sample, applied to every token's "
+        "log-prob. 'local' (extension): each token's advantage comes from the discriminator's per-position "
+        "rewards summed over a window of +-credit_window positions around it (baseline per position, "
+        "losses.local_advantages), so a misspelt word is blamed on its own letters rather than on all L.")
+    credit_window: int = Field(
+        4, ge=0, description="Half-width w of the window ('local' credit): a token's reward sums the "
+        "per-position rewards of the 2w + 1 positions around it (4: about a word of English characters).")
 
     # ------------------------------------------------------------------ student loss (method.md §2.5)
     kl: Literal["forward", "reverse", "jeffrey"] = Field(

@@ -166,3 +166,44 @@ def masked_entropy(log_probs: torch.Tensor, masked: torch.Tensor | None) -> torc
 def student_policy_loss(omega_weights: torch.Tensor, advantages: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
     """L_pg = -mean_i[ omega_i A_i log p_nu(x_i) ], omega and A detached (score-function estimator)."""
     return -(omega_weights.detach() * advantages.detach() * log_prob).mean()
+
+
+def window_sum(values: torch.Tensor, half_width: int) -> torch.Tensor:
+    """W_ij = sum_{|k - j| <= w} v_ik over the positions that exist (no wrap-around), [B, L] -> [B, L]."""
+    if half_width < 0:
+        raise ValueError(f"half_width must be >= 0, got {half_width}")
+    padded = F.pad(values.cumsum(-1), (half_width + 1, 0))  # padded[:, j] = sum_{k < j - w} v_k (0 before the start)
+    length = values.shape[-1]
+    right = padded[:, (torch.arange(length, device=values.device) + 2 * half_width + 1).clamp(max=length + half_width)]
+    return right - padded[:, :length]
+
+
+def local_advantages(local_rewards: torch.Tensor, mode: Literal["group", "batch", "none"], group_size: int,
+                     clip: float = 3.0, eps: float = 1e-8) -> torch.Tensor:
+    """A_ij = clamp((R_ij - mean_{i' in set} R_i'j) / (std over the set's (i', j) of the centred R + eps), +-clip).
+
+    The per-token advantage of ``credit = 'local'``: R [N, L] is each position's windowed reward; the
+    baseline is per position (a position's window does not reach as far at the sequence's ends) over the
+    G samples of the group ('group') or the whole batch ('batch'), and one scale serves the set. 'none':
+    A = R.
+    """
+    if mode == "none":
+        return local_rewards
+    if mode not in ("group", "batch"):
+        raise ValueError(f"unknown advantage normalisation {mode!r}")
+    size = group_size if mode == "group" else local_rewards.shape[0]
+    if local_rewards.shape[0] % size:
+        raise ValueError(f"{local_rewards.shape[0]} rows do not split into groups of {size}")
+    sets = local_rewards.reshape(-1, size, local_rewards.shape[-1])  # [sets, size, L]
+    centred = sets - sets.mean(1, keepdim=True)
+    scale = centred.flatten(1).std(-1) if size > 1 else torch.zeros(sets.shape[0], device=sets.device)
+    return (centred / (scale[:, None, None] + eps)).clamp(-clip, clip).reshape(local_rewards.shape)
+
+
+def local_policy_loss(omega_weights: torch.Tensor, advantages: torch.Tensor,
+                      position_log_prob: torch.Tensor) -> torch.Tensor:
+    """L_pg = -mean_i[ omega_i sum_j A_ij log p_nu(x_ij) ]: each token credited with its own advantage [N, L].
+
+    Equal to `student_policy_loss` when A_ij = A_i at every position.
+    """
+    return -(omega_weights.detach()[:, None] * advantages.detach() * position_log_prob).sum(-1).mean()

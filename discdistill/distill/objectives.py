@@ -5,6 +5,9 @@
     sequence  (extension): one BCE example per row whose logit is S = sum_j logit_j over every position;
               reward = S (clamped to c L).
 
+Each also gives a reward per position (``position_reward``, [B, L]), which ``credit = 'local'`` turns
+into per-token advantages (losses.local_advantages).
+
 The token objective asks every masked position to estimate the whole log-ratio log q_data(z)/q_nu(z)
 through attention; the sequence objective lets each position contribute an additive share, so evidence
 stays where it is (a forbidden transition lowers the logits next to it) and a sample with two defects
@@ -44,6 +47,10 @@ class DiscriminatorObjective(ABC):
     @abstractmethod
     def reward(self, logits: torch.Tensor, masked: torch.Tensor, clamp: float) -> torch.Tensor: ...
 
+    @abstractmethod
+    def position_reward(self, logits: torch.Tensor, masked: torch.Tensor, clamp: float) -> torch.Tensor:
+        """[B, L]: each position's share of the reward, clamped to [-c, c] (``credit = 'local'``)."""
+
 
 class TokenObjective(DiscriminatorObjective):
     """method.md: per-token BCE over masked positions; reward = reduced clamped log-odds over them."""
@@ -60,6 +67,9 @@ class TokenObjective(DiscriminatorObjective):
     def reward(self, logits, masked, clamp):
         return token_log_odds_reward(logits, masked, clamp, self.reduce)
 
+    def position_reward(self, logits, masked, clamp):
+        return logits.float().clamp(-clamp, clamp) * masked.float()  # only masked positions carry evidence
+
 
 class SequenceObjective(DiscriminatorObjective):
     """One BCE example per row, logit S = sum of the per-position logits; reward = clamped S."""
@@ -72,6 +82,9 @@ class SequenceObjective(DiscriminatorObjective):
 
     def reward(self, logits, masked, clamp):
         return sequence_log_odds_reward(logits, clamp)
+
+    def position_reward(self, logits, masked, clamp):
+        return logits.float().clamp(-clamp, clamp)  # every position holds an additive share of S
 
 
 #: ``disc_objective`` -> factory taking ``reward_reduce`` (which only the token objective uses).

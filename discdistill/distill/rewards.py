@@ -6,7 +6,8 @@ the sample averaged (``reward_corruptions``), and M times (``reward_times``): at
 read at the sample's own t, the first view being the z_fake the discriminator was trained on; at
 M > 1 it is the integral over t, by the midpoint rule on ``reward_time_range`` with weights omega(t_m),
 so the policy loss then weights every sample by 1. All views go through the discriminator in one
-batched pass. The corruptions are drawn from the run's generator (``corrupt_at``), in a fixed order,
+batched pass. `discriminator_reward_map` reads the same views per position instead ([N, L]), for the
+per-token credit of ``credit = 'local'``. The corruptions are drawn from the run's generator (``corrupt_at``), in a fixed order,
 so a resumed run draws the same ones.
 """
 
@@ -42,21 +43,47 @@ def _times_and_views(x_fake: torch.Tensor, z_fake: torch.Tensor, t: torch.Tensor
 
 
 @torch.no_grad()
-def discriminator_rewards(disc: nn.Module, objective: DiscriminatorObjective, x_fake: torch.Tensor,
-                          z_fake: torch.Tensor, t: torch.Tensor, *, config: DistillConfig,
-                          schedule: LogLinearSchedule, mask_id: int, device: torch.device,
-                          corrupt_at: Corrupter) -> torch.Tensor:
-    """r [N]: the mean over times and K corruptions of the reduced clamped log-odds (``disc`` in eval mode)."""
-    n, k = x_fake.shape[0], config.reward_corruptions
+def _scored_views(disc: nn.Module, x_fake: torch.Tensor, z_fake: torch.Tensor, t: torch.Tensor, *,
+                  config: DistillConfig, schedule: LogLinearSchedule, device: torch.device,
+                  corrupt_at: Corrupter) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(quadrature grid or None, the views [T K N, L] time-major, their logits [T K N, L]), one batched pass."""
+    k = config.reward_corruptions
     disc.eval()
     grid = None if config.reward_times == 1 else _reward_grid(config, device)
     times, views = _times_and_views(x_fake, z_fake, t, grid, k, corrupt_at)
     z_views = torch.cat(views)
     sigma = torch.cat([schedule.sigma(tm.double()).float() for tm in times for _ in range(k)])
-    logits = disc(z_views, sigma)
-    rewards = objective.reward(logits, z_views == mask_id, config.reward_clamp).reshape(len(times), k, n)
+    return grid, z_views, disc(z_views, sigma)
+
+
+def _integrate(values: torch.Tensor, grid: torch.Tensor | None, config: DistillConfig,
+               schedule: LogLinearSchedule) -> torch.Tensor:
+    """values [T, K, N, ...] -> [N, ...]: the mean over views, then over times (omega-weighted on the grid)."""
     if grid is None:
-        return rewards.mean((0, 1))
+        return values.mean((0, 1))
     # the integral over t: quadrature weights omega(t_m) (uniform for omega = constant), normalised
     weight = omega(grid.float(), config.omega, config.omega_clamp, schedule)
-    return torch.einsum("m,mn->n", weight / weight.sum(), rewards.mean(1))
+    return torch.tensordot(weight / weight.sum(), values.mean(1), dims=1)
+
+
+def discriminator_rewards(disc: nn.Module, objective: DiscriminatorObjective, x_fake: torch.Tensor,
+                          z_fake: torch.Tensor, t: torch.Tensor, *, config: DistillConfig,
+                          schedule: LogLinearSchedule, mask_id: int, device: torch.device,
+                          corrupt_at: Corrupter) -> torch.Tensor:
+    """r [N]: the mean over times and K corruptions of the reduced clamped log-odds (``disc`` in eval mode)."""
+    grid, z_views, logits = _scored_views(disc, x_fake, z_fake, t, config=config, schedule=schedule, device=device,
+                                          corrupt_at=corrupt_at)
+    rewards = objective.reward(logits, z_views == mask_id, config.reward_clamp)
+    return _integrate(rewards.reshape(-1, config.reward_corruptions, x_fake.shape[0]), grid, config, schedule)
+
+
+def discriminator_reward_map(disc: nn.Module, objective: DiscriminatorObjective, x_fake: torch.Tensor,
+                             z_fake: torch.Tensor, t: torch.Tensor, *, config: DistillConfig,
+                             schedule: LogLinearSchedule, mask_id: int, device: torch.device,
+                             corrupt_at: Corrupter) -> torch.Tensor:
+    """r [N, L]: each position's clamped reward share, averaged over the same times and views as
+    `discriminator_rewards` (``credit = 'local'``; the same draws from ``corrupt_at``)."""
+    grid, z_views, logits = _scored_views(disc, x_fake, z_fake, t, config=config, schedule=schedule, device=device,
+                                          corrupt_at=corrupt_at)
+    rewards = objective.position_reward(logits, z_views == mask_id, config.reward_clamp)
+    return _integrate(rewards.reshape(-1, config.reward_corruptions, *x_fake.shape), grid, config, schedule)

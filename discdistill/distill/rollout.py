@@ -51,6 +51,12 @@ class RolloutStep:
     unmasked: torch.Tensor  # [N, L] bool: positions the step unmasked
     log_prob: torch.Tensor  # [N] sum over `unmasked` of log p_nu(chosen token | state), with gradients
     next_state: torch.Tensor  # [N, L] ids after the step
+    chosen: torch.Tensor  # [n] log p_nu(drawn token | state) at the masked positions, 0 where it stayed masked
+
+    def position_log_prob(self) -> torch.Tensor:
+        """[N, L]: log p_nu(chosen token | state) at the positions this step unmasked, 0 elsewhere (with grad)."""
+        return torch.zeros(self.masked.shape, dtype=self.chosen.dtype,
+                           device=self.chosen.device).masked_scatter(self.masked, self.chosen)
 
 
 @dataclass
@@ -75,6 +81,10 @@ class Rollout:
     def log_prob(self) -> torch.Tensor:
         """log p_nu(x_fake) ~ sum over steps of lp_k [N]."""
         return sum(step.log_prob for step in self.steps)  # type: ignore[return-value]
+
+    def position_log_prob(self) -> torch.Tensor:
+        """[N, L]: each position's log-prob at the step that unmasked it (rows sum to `log_prob`)."""
+        return sum(step.position_log_prob() for step in self.steps)  # type: ignore[return-value]
 
 
 def masked_log_probs(model: Denoise, z: torch.Tensor, sigma: torch.Tensor, masked: torch.Tensor,
@@ -132,7 +142,7 @@ def rollout_step(model: Denoise, z: torch.Tensor, alpha_t: torch.Tensor | float,
     chosen = torch.where(chosen_mask, chosen, torch.zeros_like(chosen))
     log_prob = torch.zeros(n, dtype=chosen.dtype, device=z.device).index_add(0, rows, chosen)
     return RolloutStep(state=z, t=_as_rows(t, n, z.device), masked=masked, log_probs=log_probs, unmasked=unmasked,
-                       log_prob=log_prob, next_state=next_state)
+                       log_prob=log_prob, next_state=next_state, chosen=chosen)
 
 
 def sample_tau(n: int, a: float, b: float, low: float, high: float, generator: torch.Generator | None = None,

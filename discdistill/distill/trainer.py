@@ -9,6 +9,7 @@ One iteration, for ``batch_rows`` data rows and G student samples per row (N = r
     4. rewards:        r_i = mean_{masked} clamp(logit, -8, 8) after the step, no grad, float32   (rewards.py)
                        (options: K corruptions, M quadrature times, sum instead of mean)
     5. advantages:     A = group-normalised r (groups of G, clip 3)
+                       (credit = 'local': A_ij per token from the per-position rewards in a window)
     6. student loss:   -mean(omega(t) A (lp1 + lp2)) + kl_w sum_states KL - ent_w H; one AdamW step
     7. EMA update of the student (the EMA is what sampling uses)
 
@@ -43,13 +44,16 @@ from discdistill.distill.losses import (
     advantages,
     beta_density,
     kl_terms,
+    local_advantages,
+    local_policy_loss,
     masked_entropy,
     omega,
     student_policy_loss,
+    window_sum,
 )
 from discdistill.distill.objectives import make_objective
 from discdistill.distill.persistence import DISTILL_ARTEFACTS, METRICS_FILE, STATE_DIR, restore_run, save_run
-from discdistill.distill.rewards import discriminator_rewards
+from discdistill.distill.rewards import discriminator_reward_map, discriminator_rewards
 from discdistill.distill.rollout import (
     Rollout,
     grid_rollout,
@@ -96,6 +100,9 @@ class DistillTrainer:
         policy-gradient machinery an oracle reward, separating "the student update works" from "the
         density-ratio estimate is informative" (benchmarks/distill_synthetic.py). ``teacher_run``: the
         teacher's saved `RunSettings` (time conditioning; domain and tokenizer, passed on to the student)."""
+        if reward_fn is not None and config.credit == "local":
+            raise ValueError("reward_fn gives one reward per sample; credit='local' needs the discriminator's "
+                             "per-position rewards (use credit='sequence' with it)")
         self.config = config
         self.reward_fn = reward_fn
         self.out_dir = Path(out_dir)
@@ -229,20 +236,27 @@ class DistillTrainer:
                 corrupt(x_fake, alpha, self.mask_id, self.generator), sigma_t)
         self.sched_disc.step()  # once per iteration: the schedule counts iterations, not steps
 
-        # 4-5. rewards after the step(s) (no grad, float32), advantages
-        if self.reward_fn is not None:
-            rewards = self.reward_fn(x_fake).to(device=self.device, dtype=torch.float32)
-        else:
-            rewards = self._rewards(x_fake, z_fake, t)
-        adv = advantages(rewards, c.advantage_norm, c.group_size, c.advantage_clip)
+        # 4-5. rewards after the step(s) (no grad, float32), advantages (per sample, or per token: 'local')
         weights = omega(t, c.omega, c.omega_clamp, self.schedule)
         if c.reward_times > 1:  # the quadrature already weighted its times by omega (_rewards)
             weights = torch.ones_like(weights)
         elif c.importance_weight:  # config refuses it with the quadrature
             weights = weights / beta_density(t.double(), c.tau_alpha, c.tau_beta).float()
+        if c.credit == "local":
+            reward_map = self._reward_map(x_fake, z_fake, t)
+            rewards = reward_map.sum(-1)  # logged: the sequence's total
+            adv = local_advantages(window_sum(reward_map, c.credit_window), c.advantage_norm, c.group_size,
+                                   c.advantage_clip)
+            loss_pg = local_policy_loss(weights, adv, rollout.position_log_prob())
+        else:
+            if self.reward_fn is not None:
+                rewards = self.reward_fn(x_fake).to(device=self.device, dtype=torch.float32)
+            else:
+                rewards = self._rewards(x_fake, z_fake, t)
+            adv = advantages(rewards, c.advantage_norm, c.group_size, c.advantage_clip)
+            loss_pg = student_policy_loss(weights, adv, rollout.log_prob)
 
         # 6. student loss and step
-        loss_pg = student_policy_loss(weights, adv, rollout.log_prob)
         loss_kl, kl_fwd, kl_rev, entropy = self._regularisers(rollout)
         loss = loss_pg + c.kl_weight * loss_kl - c.entropy_weight * entropy
         self.opt_student.zero_grad(set_to_none=True)
@@ -297,6 +311,12 @@ class DistillTrainer:
         return discriminator_rewards(self.disc, self.objective, x_fake, z_fake, t, config=self.config,
                                      schedule=self.schedule, mask_id=self.mask_id, device=self.device,
                                      corrupt_at=self._corrupt_at)
+
+    def _reward_map(self, x_fake: torch.Tensor, z_fake: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Step 4 for ``credit = 'local'``: r [N, L] by `rewards.discriminator_reward_map`."""
+        return discriminator_reward_map(self.disc, self.objective, x_fake, z_fake, t, config=self.config,
+                                        schedule=self.schedule, mask_id=self.mask_id, device=self.device,
+                                        corrupt_at=self._corrupt_at)
 
     def _corrupt_at(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z ~ q(. | x) at times t [N] (from the run's generator)."""
