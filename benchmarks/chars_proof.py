@@ -10,7 +10,11 @@ reuses its logits, so the draws have the same law):
   row's for the equal-cost comparison;
 * teacher@8 at temperature T: the cheap alternative, T chosen so that its character entropy matches
   the student's (logits / T; T found by 4 bisections in [0.7, 1] on seed 0);
-* student@8 (the EMA weights of a `discdistill train --domain chars` run).
+* student@8 (the EMA weights of a `discdistill train --domain chars` run);
+* student@8 + RGAS, one row per ``--rgas`` (RGASConfig overrides, e.g. ``h_start=0,h_end=0`` for
+  re-ranking only), with the discriminator of the student's run directory; with ``--rows rgas`` alone
+  the rows are added to an existing ``--out`` without drawing the others again. Each RGAS row records
+  its discriminator passes per draw; its seconds per seed give the teacher step count of equal cost.
 
 Per row: word validity, character entropy, distinct word 1/2-grams, mean word length (definitions in
 discdistill_text.wordstats), as mean +- sd over seeds, and the standard error of word validity over
@@ -41,6 +45,8 @@ import torch
 from torch import nn
 
 from discdistill import load_pretrained, plugins, sample
+from discdistill.config import build, parse_override
+from discdistill.distill import RGASConfig, load_rgas
 from discdistill.evaluation.baselines import TemperedDenoiser, matched_temperature
 from discdistill.evaluation.judges import Judge, load_judge
 from discdistill.sampling import StepRule, ancestral_step
@@ -159,6 +165,15 @@ def teacher_matched_temperature(teacher: nn.Module, target_entropy: float, num: 
     return matched_temperature(entropy_at, target_entropy, low=0.7, high=1.0, bisections=4)
 
 
+def rgas_config(spec: str) -> RGASConfig:
+    """``"h_start=0,h_end=0"`` -> RGASConfig(h_start=0.0, h_end=0.0); ``"default"`` -> RGASConfig()."""
+    data: dict[str, Any] = {}
+    for item in [] if spec == "default" else spec.split(","):
+        keys, value = parse_override(item)
+        data[".".join(keys)] = value
+    return build(RGASConfig, data)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     judged = any("judge_nll_per_char" in r for r in rows)
     head = ("| row | steps | word validity (mean +- sd over seeds; pooled SE) | char entropy | distinct-1 | distinct-2 "
@@ -185,7 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-many", type=int, default=256,
                         help=f"samples per seed of rows with more than {CACHE_ABOVE_STEPS} steps (slow on a CPU)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rows", nargs="+", default=["teacher", "student"], choices=["teacher", "student"])
+    parser.add_argument("--rows", nargs="+", default=["teacher", "student"], choices=["teacher", "student", "rgas"])
+    parser.add_argument("--rgas", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                        help="RGASConfig overrides of one student@8 + RGAS row (repeatable; 'default': none); "
+                             "needs --student to be a run directory (its discriminator) and 'rgas' in --rows")
     parser.add_argument("--teacher-steps", type=int, nargs="+", default=[8, 256], help="step counts of the teacher rows")
     parser.add_argument("--judge", default="none", help="'smollm2' (the [judge] extra), another judge spec, or none")
     parser.add_argument("--texts", type=Path, default=None, help="folder for every row's samples (jsonl)")
@@ -209,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     judge = load_judge(args.judge, torch.device("cpu"), progress=False)
     results["judge"] = args.judge
     common = dict(seeds=args.seeds, batch=args.batch, judge=judge, texts_dir=args.texts)
+    draws_per_seed = math.ceil(args.samples / args.batch)
     with torch.no_grad():
         if "teacher" in args.rows:
             for steps in args.teacher_steps:
@@ -221,6 +240,16 @@ def main(argv: list[str] | None = None) -> None:
             results["matched_temperature"] = t
             results["rows"]["teacher@8 T-matched"] = row(f"teacher@8, T = {t:.3f}", TemperedDenoiser(teacher, t), 8,
                                                           num=args.samples, **common)
+        if "rgas" in args.rows:
+            student_dir = resolve_model_dir(resolve_checkpoint(args.student, domain))
+            student = load_pretrained(student_dir).eval()
+            for spec in args.rgas:
+                config = rgas_config(spec)
+                rule = load_rgas(student_dir, config)
+                name = f"student@8 + RGAS ({spec})"
+                results["rows"][name] = {**row(name, student, 8, num=args.samples, step_rule=rule, **common),
+                                         "rgas": config.model_dump(),
+                                         "disc_passes_per_draw": rule.disc_passes / (args.seeds * draws_per_seed)}
     rows = sorted(results["rows"].values(), key=lambda r: (r["steps"], "student" in r["name"], r["name"]))
     table = markdown(rows)
     print(table)

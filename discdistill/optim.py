@@ -39,22 +39,29 @@ class GradReport:
 def clip_grad_norm_finite_(params: Iterable[nn.Parameter], max_norm: float) -> GradReport:
     """Zero non-finite gradient entries, then clip the global norm to ``max_norm``.
 
-    A non-finite entry makes its tensor's norm non-finite, so the common case costs one foreach norm
-    and one host sync for the check; only a suspect gradient pays for the entry-wise search and repair
-    (a norm can also overflow float32 with every entry finite: that reports finite, and the clip then
-    zeroes the gradient).
+    A non-finite entry makes the global norm non-finite, so the common case costs one foreach norm
+    and one host sync, the norm doing for both the check and the clip; only a suspect gradient pays
+    for the entry-wise search, the repair and a second norm (a norm can also overflow float32 with
+    every entry finite: that reports finite, and the clip then zeroes the gradient). The clip is
+    torch's own arithmetic (coefficient max_norm / (norm + 1e-6), capped at 1), bit for bit.
     """
-    with_grad = [p for p in params if p.grad is not None]
-    if not with_grad:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
         return GradReport(0.0, False)
-    grads = [p.grad for p in with_grad]
+    norm = _global_norm(grads)
     nonfinite = False
-    if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+    if not bool(torch.isfinite(norm)):
         nonfinite = any(bool((~torch.isfinite(grad)).any()) for grad in grads)
         for grad in grads:
             torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
-    norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+        norm = _global_norm(grads)
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
     return GradReport(float(norm), nonfinite)
+
+
+def _global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of all entries of ``grads`` together (the norm of the per-tensor norms), on their device."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 @torch.no_grad()

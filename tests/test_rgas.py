@@ -46,6 +46,24 @@ def test_rgas_samples_are_valid_and_passes_are_counted():
     assert rule.tilting_steps(1) == 0 and rule.tilting_steps(3) == 1
 
 
+def test_a_zero_tilt_is_the_ancestral_step_and_costs_no_discriminator_pass():
+    def draw(rule=None):
+        kwargs = {} if rule is None else {"step_rule": rule}
+        return sample(uniform_denoiser, num_samples=16, seq_len=L, steps=4, mask_id=MASK,
+                      generator=torch.Generator().manual_seed(3), **kwargs).ids
+
+    untilted = RGAS(LikesTokenZero(), RGASConfig(rerank_ratio=0.0, h_start=0.0, h_end=0.0))
+    assert torch.equal(draw(untilted), draw()) and untilted.disc_passes == 0
+    # re-ranking only: the 2 tilting steps of h = 0 are free, the 2 re-ranking steps cost M = 3 forwards each
+    rerank_only = RGAS(LikesTokenZero(), RGASConfig(rerank_ratio=0.5, candidates=3, h_start=0.0, h_end=0.0))
+    draw(rerank_only)
+    assert (rerank_only.disc_forwards, rerank_only.disc_backwards) == (6, 0)
+    # a tilt that only passes through zero (h = 0 -> 10 over 3 steps) pays at the other two
+    ramp = RGAS(LikesTokenZero(), RGASConfig(rerank_ratio=0.25, h_start=0.0, h_end=10.0, candidates=1))
+    draw(ramp)
+    assert (ramp.disc_forwards, ramp.disc_backwards) == (2, 2)
+
+
 @pytest.mark.parametrize("mode", ["tilt", "rerank", "both"])
 def test_a_reward_for_one_token_raises_its_frequency(mode):
     ratio = {"tilt": 0.0, "rerank": 1.0, "both": 0.5}[mode]

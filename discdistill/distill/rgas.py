@@ -11,7 +11,8 @@ split: with N = 8 and ratio 0.5, four of each; with N = 1, re-ranking only).
   (softmax(l) without the mask at masked positions, one-hot at unmasked ones); reward = sum over masked
   positions of its logits at sigma_t; g = d reward / d l (zero at unmasked positions), clamped to
   [-1, 1]; l' = l + h g with h linear from h_start to h_end over the tilting steps; then an ordinary
-  ancestral step from l'. One discriminator forward and backward per tilting step.
+  ancestral step from l'. One discriminator forward and backward per tilting step, none where h = 0
+  (h_start = h_end = 0 makes RGAS re-ranking only, at M forwards per re-ranking step).
 * Re-ranking: M candidate next states from the ancestral kernel, scored by the discriminator at
   sigma_s, one drawn from softmax(score / temperature). M discriminator forwards per step (batched).
   **Decision** (score): the sum of the logits over all positions (``score="all"``, the reference
@@ -61,6 +62,8 @@ class RGAS:
         if ctx.index < n_tilt:
             progress = ctx.index / max(1, n_tilt - 1)
             h = self.config.h_start + (self.config.h_end - self.config.h_start) * progress
+            if h == 0.0:  # no tilt is the ancestral step: the discriminator pass would be wasted
+                return ancestral_step(z, logits, ctx)
             return ancestral_step(z, self.tilt(z, logits, ctx, h), ctx)
         return self.rerank(z, logits, ctx)
 
