@@ -72,7 +72,7 @@ def _rollout_states(trainer: DistillTrainer) -> Rollout:
     tau = sample_tau(n, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, generator, trainer.device)
     common = dict(seq_len=trainer.seq_len, mask_id=trainer.mask_id, schedule=trainer.schedule,
                   time_conditioned=trainer.time_conditioned, precision=c.precision, generator=generator)
-    with torch.no_grad(), trainer._autocast():
+    with torch.no_grad(), trainer.autocast():
         if c.rollout_steps is None:
             return student_rollout(trainer.student, tau, two_step=c.two_step, **common)
         return grid_rollout(trainer.student, tau, steps=c.rollout_steps, **common)
@@ -82,8 +82,8 @@ def floor_pieces(trainer: DistillTrainer) -> dict[str, Callable[[], Any]]:
     """name -> a callable doing one piece of the work an iteration of ``trainer.config`` must do."""
     c, n, dev = trainer.config, trainer.config.samples_per_iteration, trainer.device
     rollout = _rollout_states(trainer)
-    states = [(s.state, trainer._sigma(s.t), s.masked) for s in rollout.steps]
-    x_real = trainer._real_rows().repeat_interleave(c.group_size, 0)
+    states = [(s.state, trainer.sigma(s.t), s.masked) for s in rollout.steps]
+    x_real = trainer.real_rows().repeat_interleave(c.group_size, 0)
     tau = rollout.tau
     alpha = trainer.schedule.alpha(tau.double())
     generator = torch.Generator(device=dev).manual_seed(2)
@@ -105,19 +105,19 @@ def floor_pieces(trainer: DistillTrainer) -> dict[str, Callable[[], Any]]:
 
     def student_passes() -> None:
         student.train()
-        with trainer._autocast():
+        with trainer.autocast():
             outputs = [student.logits_at(z, sigma, masked) for z, sigma, masked in states]
         torch.stack([o.float().sum() for o in outputs]).sum().backward()
 
     def teacher_passes() -> None:
-        with torch.no_grad(), trainer._autocast():
+        with torch.no_grad(), trainer.autocast():
             for z, sigma, masked in states:
                 trainer.teacher.logits_at(z, sigma, masked)
 
     def disc_train() -> None:
         disc.train()
         for _ in range(c.disc_steps):
-            with trainer._autocast():
+            with trainer.autocast():
                 logits = disc(z_disc, sigma_disc)
             logits.float().sum().backward()
 

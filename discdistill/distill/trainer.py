@@ -161,12 +161,14 @@ class DistillTrainer:
             raise DataError(f"the training data contains the mask id {self.mask_id}")
         return int(data.shape[1]), data  # batches are cast to int64 when drawn (a crop view stays small)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    # The pieces an iteration is made of, public for subclasses and benchmarks/distill_floor.py.
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on the trainer's device when the run asked for it, else a no-op context."""
         if self.autocast_bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Denoiser sigma: sigma_t for time-conditioned models, else 0 (MDLM)."""
         return self.schedule.sigma(t.double()).float() if self.time_conditioned else torch.zeros_like(t).float()
 
@@ -180,7 +182,8 @@ class DistillTrainer:
         return sample_tau(n, c.tau_alpha, c.tau_beta, c.tau_min, c.tau_max, self.generator, self.device)
 
     # ------------------------------------------------------------------ one iteration
-    def _real_rows(self) -> torch.Tensor:
+    def real_rows(self) -> torch.Tensor:
+        """This iteration's positives: data rows (this rank's shard), or fresh teacher samples."""
         c = self.config
         if c.positives == "teacher":
             return sample(self.teacher, num_samples=c.batch_rows // self.ctx.world_size, seq_len=self.seq_len, steps=c.teacher_sample_steps,
@@ -203,12 +206,12 @@ class DistillTrainer:
         c = self.config
         tic = time.perf_counter()
         n = c.samples_per_iteration // self.ctx.world_size  # this rank's samples: whole groups
-        x_real = self._real_rows().repeat_interleave(c.group_size, 0)  # groups stay contiguous
+        x_real = self.real_rows().repeat_interleave(c.group_size, 0)  # groups stay contiguous
         tau = self._tau(n)
 
         # 1. rollout (with gradients into the student)
         self.student.train()
-        with self._autocast():
+        with self.autocast():
             if c.rollout_steps is None:
                 rollout = student_rollout(self.student, tau, seq_len=self.seq_len, mask_id=self.mask_id,
                                           schedule=self.schedule, two_step=c.two_step,
@@ -291,7 +294,7 @@ class DistillTrainer:
         """One AdamW step on the per-token BCE of real vs fake corrupted states; (loss, acc_r, acc_f, grads)."""
         c, n = self.config, z_real.shape[0]
         self.disc.train()
-        with self._autocast():
+        with self.autocast():
             logits = self.disc(torch.cat([z_real, z_fake]), torch.cat([sigma_t, sigma_t]))
         logits_real, logits_fake = logits[:n], logits[n:]
         mask_real, mask_fake = z_real == self.mask_id, z_fake == self.mask_id
@@ -342,8 +345,8 @@ class DistillTrainer:
         for step in rollout.steps:
             entropies.append(masked_entropy(step.log_probs, None))  # rows = masked positions of the state
             if c.kl_weight > 0:
-                with torch.no_grad(), self._autocast():
-                    teacher_lp = masked_log_probs(self.teacher, step.state, self._sigma(step.t), step.masked,
+                with torch.no_grad(), self.autocast():
+                    teacher_lp = masked_log_probs(self.teacher, step.state, self.sigma(step.t), step.masked,
                                                   self.mask_id)
                 terms = kl_terms(step.log_probs, teacher_lp, None, c.kl, c.jeffrey_beta)
                 kl, fwd, rev = kl + terms.value, fwd + terms.forward.detach(), rev + terms.reverse.detach()
