@@ -41,11 +41,13 @@ from discdistill.distill.trainer import distill  # noqa: E402
 from discdistill.workflows import resolve_model_dir  # noqa: E402
 
 #: The rungs keep the method's per-sample credit (the recipe's credit='local' is measured on its own by
-#: chars_proof.py, docs/benchmarks.md), so that the ladder is the paper's.
+#: chars_proof.py, docs/benchmarks.md), so that the ladder is the paper's, and the 16 samples an
+#: iteration (4 rows x G = 4) of the recipe they were measured with (it draws 32 since 2026-12-08).
+LADDER_BASE: dict[str, Any] = {"credit": "sequence", "batch_rows": 4}
 RUNGS: list[tuple[str, dict[str, Any]]] = [
-    ("plain policy gradient", {"two_step": False, "advantage_norm": "none", "credit": "sequence"}),
-    ("+ grouped normalisation", {"two_step": False, "advantage_norm": "group", "credit": "sequence"}),
-    ("+ intermediate-state matching", {"two_step": True, "advantage_norm": "group", "credit": "sequence"}),
+    ("plain policy gradient", {**LADDER_BASE, "two_step": False, "advantage_norm": "none"}),
+    ("+ grouped normalisation", {**LADDER_BASE, "two_step": False, "advantage_norm": "group"}),
+    ("+ intermediate-state matching", {**LADDER_BASE, "two_step": True, "advantage_norm": "group"}),
 ]
 
 

@@ -21,11 +21,12 @@ METRIC_REFERENCE_ROWS = 1024
 #: The distillation recipe `train --domain chars` starts from: the method's defaults with the settings found
 #: on the markov domain (sequence-level discriminator, reward as an omega-weighted quadrature over t,
 #: batch-normalised advantages), per-token credit from the discriminator's per-position rewards over a
-#: window of +-4 characters (measured on this domain: docs/benchmarks.md, "chars"), and optimiser values
+#: window of +-4 characters, 32 student samples an iteration (8 rows x G = 4; measured on this domain:
+#: docs/benchmarks.md, "chars"), and optimiser values
 #: for a 3.6M-parameter student on a CPU (docs/chars.md).
 CHARS_DISTILL_RECIPE: dict[str, Any] = dict(
     disc_objective="sequence", label_smoothing=0.0, reward_times=4, reward_time_range=(0.02, 0.98),
-    advantage_norm="batch", credit="local", credit_window=4, omega="simplified", batch_rows=4, group_size=4,
+    advantage_norm="batch", credit="local", credit_window=4, omega="simplified", batch_rows=8, group_size=4,
     student_lr=1e-4, disc_lr=1e-3,
     warmup_steps=30, disc_warmup_steps=10, ema_decay=0.99, iterations=300, save_every=25, bf16=True)
 
