@@ -1,7 +1,8 @@
 """The paper's ablation ordering on the chars domain: which part of DiDi-Instruct buys what on real text.
 
 Rungs (cumulative; each a `distill` run of ``--iterations`` from the shipped chars teacher with the
-domain's recipe, CHARS_DISTILL_RECIPE, and the overrides shown; one distillation seed, ``--seed``):
+domain's recipe, CHARS_DISTILL_RECIPE, with per-sample credit and 16 samples an iteration (LADDER_BASE)
+and the overrides shown; one distillation seed, ``--seed``):
 
 * plain policy gradient:          one-step rollout (two_step false), raw rewards as advantages (advantage_norm none)
 * + grouped normalisation:        advantage_norm group (rewards standardised within each group of G)
