@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from discdistill import load_pretrained, plugins, sample
-from discdistill.config import build, parse_override
+from discdistill.config import build, merge, parse_override
 from discdistill.distill import RGASConfig, load_rgas
 from discdistill.evaluation.baselines import TemperedDenoiser, matched_temperature
 from discdistill.evaluation.judges import Judge, load_judge
@@ -169,8 +169,7 @@ def rgas_config(spec: str) -> RGASConfig:
     """``"h_start=0,h_end=0"`` -> RGASConfig(h_start=0.0, h_end=0.0); ``"default"`` -> RGASConfig()."""
     data: dict[str, Any] = {}
     for item in [] if spec == "default" else spec.split(","):
-        keys, value = parse_override(item)
-        data[".".join(keys)] = value
+        merge(data, *parse_override(item))
     return build(RGASConfig, data)
 
 
@@ -210,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="JSON file (rows are merged into an existing one)")
     args = parser.parse_args(argv)
+    if ("student" in args.rows or "rgas" in args.rows) and args.student is None:
+        parser.error("student and rgas rows need --student")
+    if ("rgas" in args.rows) != bool(args.rgas):
+        parser.error("give 'rgas' in --rows and at least one --rgas together")
     if args.threads:
         torch.set_num_threads(args.threads)
     domain = plugins.get_domain("chars")
@@ -228,21 +231,21 @@ def main(argv: list[str] | None = None) -> None:
     results["judge"] = args.judge
     common = dict(seeds=args.seeds, batch=args.batch, judge=judge, texts_dir=args.texts)
     draws_per_seed = math.ceil(args.samples / args.batch)
+    if args.student is not None:
+        student_dir = resolve_model_dir(resolve_checkpoint(args.student, domain))
+        student = load_pretrained(student_dir).eval()
     with torch.no_grad():
         if "teacher" in args.rows:
             for steps in args.teacher_steps:
                 num = args.samples_many if steps > CACHE_ABOVE_STEPS else args.samples
                 results["rows"][f"teacher@{steps}"] = row(f"teacher@{steps}", teacher, steps, num=num, **common)
         if "student" in args.rows:
-            student = load_pretrained(resolve_model_dir(resolve_checkpoint(args.student, domain))).eval()
             results["rows"]["student@8"] = row("student@8", student, 8, num=args.samples, **common)
             t = teacher_matched_temperature(teacher, results["rows"]["student@8"]["char_entropy"], args.samples, args.batch)
             results["matched_temperature"] = t
             results["rows"]["teacher@8 T-matched"] = row(f"teacher@8, T = {t:.3f}", TemperedDenoiser(teacher, t), 8,
                                                           num=args.samples, **common)
         if "rgas" in args.rows:
-            student_dir = resolve_model_dir(resolve_checkpoint(args.student, domain))
-            student = load_pretrained(student_dir).eval()
             for spec in args.rgas:
                 config = rgas_config(spec)
                 rule = load_rgas(student_dir, config)

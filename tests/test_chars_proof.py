@@ -29,6 +29,18 @@ def test_rgas_spec_parsing():
         chars_proof.rgas_config("candidates=0")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--rows", "student"], "need --student"),
+    (["--rows", "rgas", "--student", "run"], "at least one --rgas"),
+    (["--rows", "teacher", "--rgas", "default"], "'rgas' in --rows"),
+])
+def test_rows_and_their_arguments_are_checked_before_any_work(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        chars_proof.main([*args, "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_teacher_student_and_rgas_rows_on_toy_models(tmp_path, capsys):
     teacher, run = tmp_path / "teacher", tmp_path / "run"
     cli(["pretrain", "--domain", "chars", "--data", "tiny", "--out", str(teacher), "--steps", "2", "--seq-len", "256",

@@ -22,8 +22,7 @@ METRIC_REFERENCE_ROWS = 1024
 #: on the markov domain (sequence-level discriminator, reward as an omega-weighted quadrature over t,
 #: batch-normalised advantages), per-token credit from the discriminator's per-position rewards over a
 #: window of +-4 characters, 32 student samples an iteration (8 rows x G = 4; measured on this domain:
-#: docs/benchmarks.md, "chars"), and optimiser values
-#: for a 3.6M-parameter student on a CPU (docs/chars.md).
+#: docs/benchmarks.md, "chars"), and optimiser values for a 3.6M-parameter student on a CPU (docs/chars.md).
 CHARS_DISTILL_RECIPE: dict[str, Any] = dict(
     disc_objective="sequence", label_smoothing=0.0, reward_times=4, reward_time_range=(0.02, 0.98),
     advantage_norm="batch", credit="local", credit_window=4, omega="simplified", batch_rows=8, group_size=4,
